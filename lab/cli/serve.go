@@ -1,0 +1,39 @@
+package cli
+
+import (
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"labctl/lab/serve"
+)
+
+// serveCmd holds labctl's own daemons. The supervisor runs them inside a
+// node's namespace; they are hidden because people start them through a
+// topology's services, not by hand.
+func serveCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "serve KIND", Short: "Run one of labctl's own daemons (used by services)", Hidden: true}
+	var listen, text string
+	httpc := &cobra.Command{
+		Use:   "http",
+		Short: "Answer HTTP requests with the node's name",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return serve.HTTP(cmd.Context(), listen, text, slog.New(slog.NewTextHandler(g.errw, nil)))
+		},
+	}
+	httpc.Flags().StringVar(&listen, "listen", ":80", "address to listen on")
+	httpc.Flags().StringVar(&text, "text", "", "extra line in every answer")
+	var elisten string
+	echo := &cobra.Command{
+		Use:   "echo",
+		Short: "Echo TCP connections",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return serve.Echo(cmd.Context(), elisten, slog.New(slog.NewTextHandler(g.errw, nil)))
+		},
+	}
+	echo.Flags().StringVar(&elisten, "listen", ":7", "address to listen on")
+	c.AddCommand(httpc, echo)
+	return c
+}

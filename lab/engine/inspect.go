@@ -1,0 +1,152 @@
+package engine
+
+import (
+	"errors"
+	"sort"
+
+	"labctl/lab/links"
+	"labctl/lab/netns"
+	"labctl/lab/plan"
+	"labctl/lab/state"
+	"labctl/lab/topology"
+)
+
+// LabStatus is one line of `labctl status`.
+type LabStatus struct {
+	Name       string `json:"name"`
+	File       string `json:"file,omitempty"`
+	Status     string `json:"status"`
+	Nodes      int    `json:"nodes"`
+	Namespaces int    `json:"namespaces_up"`
+	Services   int    `json:"services"`
+	Running    int    `json:"services_running"`
+	Healthy    bool   `json:"healthy"`
+}
+
+// Status reports every lab present.
+func (e *Engine) Status() ([]LabStatus, error) {
+	labs, err := Labs()
+	if err != nil {
+		return nil, err
+	}
+	out := []LabStatus{}
+	for _, l := range labs {
+		s := LabStatus{Name: l, Status: "orphaned"}
+		rec, err := state.Load(l)
+		if err == nil {
+			s.File, s.Status = rec.File, rec.Status
+			if rec.Topology != nil {
+				s.Nodes = len(rec.Topology.Nodes)
+				for _, n := range rec.Topology.Nodes {
+					s.Services += len(n.Services)
+				}
+			}
+		}
+		for _, ns := range e.ownedNamespaces(l, rec) {
+			if netns.Exists(ns) {
+				s.Namespaces++
+			}
+		}
+		recs, _ := e.Supervisor(l).Records()
+		for _, r := range recs {
+			if e.Supervisor(l).Alive(r) {
+				s.Running++
+			}
+		}
+		s.Healthy = s.Status == "up" && s.Namespaces == s.Nodes && s.Running == s.Services
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// NodeInfo is one node of `labctl inspect`.
+type NodeInfo struct {
+	Name       string            `json:"name"`
+	Kind       string            `json:"kind"`
+	Namespace  string            `json:"netns"`
+	Up         bool              `json:"up"`
+	Interfaces []IfaceInfo       `json:"interfaces"`
+	Routes     []plan.Route      `json:"routes"`
+	Services   []ServiceInfo     `json:"services"`
+	Sysctls    map[string]string `json:"sysctls,omitempty"`
+}
+
+// IfaceInfo is one interface.
+type IfaceInfo struct {
+	Name   string   `json:"name"`
+	Kind   string   `json:"kind"`
+	MTU    int      `json:"mtu"`
+	Up     bool     `json:"up"`
+	Master string   `json:"master,omitempty"`
+	Peer   string   `json:"peer,omitempty"`
+	Addrs  []string `json:"addresses"`
+}
+
+// ServiceInfo is one service.
+type ServiceInfo struct {
+	Name    string   `json:"name"`
+	PID     int      `json:"pid"`
+	Running bool     `json:"running"`
+	Command []string `json:"command"`
+	Log     string   `json:"log"`
+}
+
+// Inspection is a lab as found in the kernel.
+type Inspection struct {
+	Lab    string     `json:"lab"`
+	File   string     `json:"file,omitempty"`
+	Status string     `json:"status"`
+	Nodes  []NodeInfo `json:"nodes"`
+}
+
+// Inspect reads a lab back from the kernel and its records.
+func (e *Engine) Inspect(lab string) (*Inspection, error) {
+	rec, err := state.Load(lab)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Topology == nil {
+		return nil, errors.New("lab record has no topology")
+	}
+	t := rec.Topology
+	drv := links.New()
+	defer drv.Close()
+	recs, _ := e.Supervisor(lab).Records()
+	ins := &Inspection{Lab: lab, File: rec.File, Status: rec.Status}
+	peers := map[string]string{}
+	for _, l := range t.Links {
+		a, b := l.Ends()
+		peers[a.String()], peers[b.String()] = b.String(), a.String()
+	}
+	for _, name := range t.NodeNames() {
+		n := t.Nodes[name]
+		ns := topology.Namespace(lab, name)
+		ni := NodeInfo{Name: name, Kind: n.Kind, Namespace: ns, Interfaces: []IfaceInfo{}, Routes: []plan.Route{}, Services: []ServiceInfo{}}
+		keys := []string{}
+		for k := range plan.NodeSysctls(n) {
+			keys = append(keys, k)
+		}
+		if st, err := drv.Observe(ns, keys); err == nil {
+			ni.Up = true
+			ni.Sysctls = st.Sysctls
+			names := make([]string, 0, len(st.Links))
+			for k := range st.Links {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			for _, k := range names {
+				l := st.Links[k]
+				ni.Interfaces = append(ni.Interfaces, IfaceInfo{Name: l.Name, Kind: l.Kind, MTU: l.MTU, Up: l.Up,
+					Master: l.Master, Peer: peers[name+":"+l.Name], Addrs: append([]string{}, l.Addrs...)})
+			}
+			ni.Routes = append(ni.Routes, st.Routes...)
+		}
+		for _, r := range recs {
+			if r.Node == name {
+				ni.Services = append(ni.Services, ServiceInfo{Name: r.Service, PID: r.PID, Running: e.Supervisor(lab).Alive(r), Command: r.Command, Log: r.Log})
+			}
+		}
+		ins.Nodes = append(ins.Nodes, ni)
+	}
+	return ins, nil
+}

@@ -1,0 +1,119 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"labctl/lab/netns"
+	"labctl/lab/topology"
+)
+
+// OSProc is the real process layer. Services run through `ip netns exec`,
+// which enters the namespace, bind-mounts /etc/netns/<ns>/ files over /etc
+// and remounts /sys, then execs the command (so the PID is the service's).
+type OSProc struct{}
+
+// Start implements Proc.
+func (OSProc) Start(ns string, argv, env []string, logPath string) (int, error) {
+	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer log.Close()
+	fmt.Fprintf(log, "--- %s labctl: starting %s in %s\n", time.Now().UTC().Format(time.RFC3339), strings.Join(argv, " "), ns)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Dir = "/"
+	// Its own session: the service outlives labctl and ignores its terminal.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	pid := cmd.Process.Pid
+	go cmd.Wait() // reap it if it ends while labctl still runs
+	return pid, nil
+}
+
+// StartTime reads field 22 of /proc/PID/stat.
+func (OSProc) StartTime(pid int) (uint64, error) {
+	st, err := procStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(st[19], 10, 64)
+}
+
+// Alive implements Proc: running, not a zombie, same incarnation.
+func (p OSProc) Alive(pid int, start uint64) bool {
+	st, err := procStat(pid)
+	if err != nil || st[0] == "Z" || st[0] == "X" {
+		return false
+	}
+	if start == 0 {
+		return true
+	}
+	got, err := strconv.ParseUint(st[19], 10, 64)
+	return err == nil && got == start
+}
+
+// procStat returns the fields of /proc/PID/stat after the command name,
+// starting with the state.
+func procStat(pid int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil, errors.New("bad /proc stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return nil, errors.New("short /proc stat")
+	}
+	return f, nil
+}
+
+// Signal implements Proc.
+func (OSProc) Signal(pid int, sig syscall.Signal) error { return netns.Signal(pid, sig) }
+
+// Probe implements Proc.
+func (OSProc) Probe(ctx context.Context, ns string, r *topology.Ready) error {
+	switch {
+	case r.TCP != "":
+		addr, err := topology.ReadyAddr(r.TCP)
+		if err != nil {
+			return err
+		}
+		return netns.Do(ns, func() error {
+			// The socket is created on this thread, so it lives in ns.
+			c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+	case len(r.Exec) > 0:
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, r.Exec...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(r.Exec, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	case r.File != "":
+		_, err := os.Stat(r.File)
+		return err
+	}
+	return nil
+}

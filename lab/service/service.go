@@ -1,0 +1,320 @@
+// Package service is the process supervisor: it starts a node's services
+// inside the node's namespace in dependency order, waits for each to be
+// ready, keeps PID records and logs under the lab's state directory, and
+// stops them. The process layer (Proc) is an interface so the logic is
+// tested without root.
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"labctl/lab/plan"
+	"labctl/lab/topology"
+)
+
+// DefaultTimeout bounds a service's readiness wait when none is given.
+const DefaultTimeout = 10 * time.Second
+
+// Proc starts, probes and signals processes inside namespaces.
+type Proc interface {
+	// Start runs argv inside ns with env added, output appended to logPath.
+	Start(ns string, argv, env []string, logPath string) (pid int, err error)
+	// StartTime identifies a process incarnation (guards against PID reuse).
+	StartTime(pid int) (uint64, error)
+	// Alive reports whether pid still runs the incarnation started at start.
+	Alive(pid int, start uint64) bool
+	Signal(pid int, sig syscall.Signal) error
+	// Probe makes one readiness attempt.
+	Probe(ctx context.Context, ns string, r *topology.Ready) error
+}
+
+// Record is what is kept of a started service.
+type Record struct {
+	Node    string    `json:"node"`
+	Service string    `json:"service"`
+	NS      string    `json:"netns"`
+	PID     int       `json:"pid"`
+	Start   uint64    `json:"start_ticks"`
+	Hash    string    `json:"hash"`
+	Command []string  `json:"command"`
+	Log     string    `json:"log"`
+	Started time.Time `json:"started"`
+}
+
+// Key is "node/service".
+func (r Record) Key() string { return r.Node + "/" + r.Service }
+
+// Supervisor manages one lab's services.
+type Supervisor struct {
+	Lab    string
+	Dir    string // records
+	LogDir string
+	Self   string // this labctl binary, for argv[0] "labctl"
+	Proc   Proc
+	// Poll is the readiness probe interval.
+	Poll time.Duration
+	// StopGrace is the wait between SIGTERM and SIGKILL.
+	StopGrace time.Duration
+}
+
+func (s *Supervisor) recordPath(node, svc string) string {
+	return filepath.Join(s.Dir, node+"."+svc+".json")
+}
+
+// LogPath is where a service's output goes.
+func (s *Supervisor) LogPath(node, svc string) string {
+	return filepath.Join(s.LogDir, node+"."+svc+".log")
+}
+
+// Records returns every service record, sorted by key.
+func (s *Supervisor) Records() ([]Record, error) {
+	ents, err := os.ReadDir(s.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Record
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.Dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var r Record
+		if json.Unmarshal(b, &r) == nil {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out, nil
+}
+
+// Alive reports whether a record's process still runs.
+func (s *Supervisor) Alive(r Record) bool { return r.PID > 0 && s.Proc.Alive(r.PID, r.Start) }
+
+// Observe reports the recorded services for planning.
+func (s *Supervisor) Observe() (map[string]plan.ServiceState, error) {
+	recs, err := s.Records()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]plan.ServiceState{}
+	for _, r := range recs {
+		out[r.Key()] = plan.ServiceState{PID: r.PID, Hash: r.Hash, Alive: s.Alive(r)}
+	}
+	return out, nil
+}
+
+// ErrNotReady is wrapped by readiness failures.
+var ErrNotReady = errors.New("service not ready")
+
+// ErrExited is wrapped when a service's process ends while starting.
+var ErrExited = errors.New("service exited")
+
+// Start starts one service and waits until it is ready.
+func (s *Supervisor) Start(ctx context.Context, t *topology.Topology, node, name string) (Record, error) {
+	svc := t.Nodes[node].Services[name]
+	ns := topology.Namespace(t.Name, node)
+	argv := append([]string{}, svc.Command...)
+	if argv[0] == "labctl" && s.Self != "" {
+		argv[0] = s.Self
+	}
+	env := make([]string, 0, len(svc.Env)+3)
+	env = append(env, "LABCTL_LAB="+t.Name, "LABCTL_NODE="+node, "LABCTL_SERVICE="+name)
+	for _, k := range sortedKeys(svc.Env) {
+		env = append(env, k+"="+svc.Env[k])
+	}
+	for _, d := range []string{s.Dir, s.LogDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return Record{}, err
+		}
+	}
+	rec := Record{Node: node, Service: name, NS: ns, Hash: plan.ServiceHash(svc), Command: argv,
+		Log: s.LogPath(node, name), Started: time.Now().UTC()}
+	pid, err := s.Proc.Start(ns, argv, env, rec.Log)
+	if err != nil {
+		return rec, fmt.Errorf("start %s/%s: %w", node, name, err)
+	}
+	rec.PID = pid
+	rec.Start, _ = s.Proc.StartTime(pid)
+	if err := s.write(rec); err != nil {
+		return rec, err
+	}
+	if err := s.waitReady(ctx, rec, svc.Ready); err != nil {
+		return rec, fmt.Errorf("%s/%s: %w%s", node, name, err, logTail(rec.Log))
+	}
+	return rec, nil
+}
+
+func (s *Supervisor) write(r Record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(s.recordPath(r.Node, r.Service), b, 0o644)
+}
+
+func (s *Supervisor) waitReady(ctx context.Context, r Record, ready *topology.Ready) error {
+	timeout := DefaultTimeout
+	if ready != nil && ready.Timeout > 0 {
+		timeout = time.Duration(ready.Timeout)
+	}
+	poll := s.Poll
+	if poll == 0 {
+		poll = 50 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		if !s.Proc.Alive(r.PID, r.Start) {
+			return fmt.Errorf("%w (pid %d)", ErrExited, r.PID)
+		}
+		if ready == nil || (ready.TCP == "" && len(ready.Exec) == 0 && ready.File == "") {
+			return nil
+		}
+		if last = s.Proc.Probe(ctx, r.NS, ready); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w after %s: %v", ErrNotReady, timeout, last)
+		case <-time.After(poll):
+		}
+	}
+}
+
+// StartAll starts the given services ("node/svc"), each once everything it
+// waits for is ready; independent services start concurrently. Services
+// not in keys are taken as already running. The first failure fails every
+// service waiting on it; all errors are returned together.
+func (s *Supervisor) StartAll(ctx context.Context, t *topology.Topology, keys []string, onDone func(Record, error)) error {
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k] = true
+	}
+	type result struct {
+		done chan struct{}
+		err  error
+	}
+	res := map[string]*result{}
+	for _, k := range keys {
+		res[k] = &result{done: make(chan struct{})}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, k := range keys {
+		node, name, _ := strings.Cut(k, "/")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := res[k]
+			defer close(r.done)
+			for _, d := range t.Nodes[node].Services[name].After {
+				dn, ds := topology.SplitServiceRef(node, d)
+				dep, ok := res[dn+"/"+ds]
+				if !ok {
+					continue
+				}
+				<-dep.done
+				if dep.err != nil {
+					r.err = fmt.Errorf("%s not started: %s/%s failed", k, dn, ds)
+					if onDone != nil {
+						onDone(Record{Node: node, Service: name}, r.err)
+					}
+					return
+				}
+			}
+			rec, err := s.Start(ctx, t, node, name)
+			r.err = err
+			if onDone != nil {
+				onDone(rec, err)
+			}
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Stop ends one service (SIGTERM, then SIGKILL after StopGrace) and drops
+// its record. A service that is not running is no error.
+func (s *Supervisor) Stop(node, name string) error {
+	p := s.recordPath(node, name)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if err := s.kill(r); err != nil {
+		return err
+	}
+	return os.Remove(p)
+}
+
+func (s *Supervisor) kill(r Record) error {
+	if !s.Alive(r) {
+		return nil
+	}
+	if err := s.Proc.Signal(r.PID, syscall.SIGTERM); err != nil {
+		return err
+	}
+	grace := s.StopGrace
+	if grace == 0 {
+		grace = 2 * time.Second
+	}
+	for end := time.Now().Add(grace); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if !s.Alive(r) {
+			return nil
+		}
+	}
+	return s.Proc.Signal(r.PID, syscall.SIGKILL)
+}
+
+// logTail returns the last lines of a log for an error message.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return "\n  log " + path + ":\n    " + strings.Join(lines, "\n    ")
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

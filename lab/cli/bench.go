@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"labctl/lab/engine"
+	"labctl/lab/netns"
 	"labctl/lab/topology"
 )
 
@@ -21,7 +22,11 @@ type BenchResult struct {
 	Up    time.Duration `json:"up_ns"`
 	Reup  time.Duration `json:"reup_ns"`
 	Down  time.Duration `json:"down_ns"`
-	CPUs  int           `json:"cpus"`
+	// Settle is how long after down until a new namespace can be made:
+	// the kernel frees namespaces asynchronously and holds the rtnl lock
+	// while it does, so the next lab waits this long.
+	Settle time.Duration `json:"settle_ns"`
+	CPUs   int           `json:"cpus"`
 }
 
 func benchCmd(g *globals) *cobra.Command {
@@ -43,7 +48,7 @@ lab is always removed, even on failure. Compare with Mininet:
 			e := engine.New(engine.Options{})
 			var out []BenchResult
 			if g.format == "text" {
-				fmt.Fprintf(g.out, "%-8s %6s %6s %6s %4s %10s %10s %10s\n", "SHAPE", "N", "NODES", "LINKS", "RUN", "UP", "RE-UP", "DOWN")
+				fmt.Fprintf(g.out, "%-8s %6s %6s %6s %4s %10s %10s %10s %10s %12s\n", "SHAPE", "N", "NODES", "LINKS", "RUN", "UP", "RE-UP", "DOWN", "SETTLE", "UP+DOWN+SETTLE")
 			}
 			for _, n := range sizes {
 				t, err := topology.Generate(name, shape, n, fanout)
@@ -55,6 +60,11 @@ lab is always removed, even on failure. Compare with Mininet:
 				}
 				for r := 1; r <= runs; r++ {
 					res := BenchResult{Shape: shape, N: n, Nodes: len(t.Nodes), Links: len(t.Links), Run: r, CPUs: runtime.NumCPU()}
+					// Start from a settled kernel, so one run's teardown is not
+					// billed to the next run's up.
+					if err := netns.Temp(func() error { return nil }); err != nil {
+						return err
+					}
 					t0 := time.Now()
 					_, err := e.Up(cmd.Context(), t)
 					res.Up = time.Since(t0)
@@ -66,12 +76,18 @@ lab is always removed, even on failure. Compare with Mininet:
 					t2 := time.Now()
 					derr := e.Down(cmd.Context(), t.Name)
 					res.Down = time.Since(t2)
+					t3 := time.Now()
+					serr := netns.Temp(func() error { return nil })
+					res.Settle = time.Since(t3)
+					if serr != nil {
+						return serr
+					}
 					if err != nil || derr != nil {
 						return fmt.Errorf("bench %s,%d: up: %v; down: %v", shape, n, err, derr)
 					}
 					out = append(out, res)
 					if g.format == "text" {
-						fmt.Fprintf(g.out, "%-8s %6d %6d %6d %4d %10s %10s %10s\n", shape, n, res.Nodes, res.Links, r, round(res.Up), round(res.Reup), round(res.Down))
+						fmt.Fprintf(g.out, "%-8s %6d %6d %6d %4d %10s %10s %10s %10s %12s\n", shape, n, res.Nodes, res.Links, r, round(res.Up), round(res.Reup), round(res.Down), round(res.Settle), round(res.Up+res.Down+res.Settle))
 					}
 				}
 			}

@@ -136,6 +136,15 @@ func (d *Driver) netnsAdd(s plan.Step) error {
 	if err := netns.Create(s.NS); err != nil {
 		return err
 	}
+	// No duplicate address detection on lab links: every address is
+	// checked by validation, and DAD on the automatic link-local addresses
+	// would hold IPv6 neighbour discovery back for a second or two after up.
+	err := netns.Do(s.NS, func() error {
+		return errors.Join(WriteSysctl("net.ipv6.conf.default.accept_dad", "0"), WriteSysctl("net.ipv6.conf.all.accept_dad", "0"))
+	})
+	if err != nil {
+		return err
+	}
 	h, err := d.handle(s.NS)
 	if err != nil {
 		return err
@@ -400,17 +409,22 @@ func (d *Driver) Observe(ns string, sysctls []string) (*plan.NSState, error) {
 	for _, l := range links {
 		byIndex[l.Attrs().Index] = l.Attrs().Name
 	}
+	// One dump for every address of the namespace, not one per link.
+	all, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	addrsOf := map[int][]netlink.Addr{}
+	for _, a := range all {
+		addrsOf[a.LinkIndex] = append(addrsOf[a.LinkIndex], a)
+	}
 	for _, l := range links {
 		a := l.Attrs()
 		ls := &plan.LinkState{Name: a.Name, Kind: l.Type(), Marks: a.AltNames, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
 		if a.MasterIndex != 0 {
 			ls.Master = byIndex[a.MasterIndex]
 		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil, err
-		}
-		for _, ad := range addrs {
+		for _, ad := range addrsOf[a.Index] {
 			ip, ok := netip.AddrFromSlice(ad.IP)
 			if !ok || ip.IsLinkLocalUnicast() || ip.IsLoopback() {
 				continue

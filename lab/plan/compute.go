@@ -248,6 +248,7 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		for ifn, d := range ends[n] {
 			ifaces[ifn] = d.addrs
 		}
+		ifaces["lo"] = nil // lo's global addresses are the lab's: dropped from the file, they go
 		if lo := t.Nodes[n].Interfaces["lo"]; lo != nil {
 			for _, a := range lo.Addresses {
 				ifaces["lo"] = append(ifaces["lo"], normAddr(a))
@@ -278,6 +279,12 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 	}
 
 	// Routes (only labctl's own protocol is compared).
+	lostAddr := map[string]bool{}
+	for _, s := range p.Steps {
+		if s.Op == OpAddrDel {
+			lostAddr[s.Node] = true
+		}
+	}
 	for _, n := range names {
 		st := obs.Namespaces[nsOf(n)]
 		var want []Route
@@ -295,8 +302,10 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 			}
 		}
 		for i := range want {
-			// A route whose device was just recreated is gone with it.
-			if containsRoute(have, want[i]) && !routeDevFresh(have, want[i], n, fresh) {
+			// A route whose device was just recreated is gone with it, and
+			// removing an address makes the kernel drop the routes through
+			// its subnet: those are installed again.
+			if containsRoute(have, want[i]) && !routeDevFresh(have, want[i], n, fresh) && !lostAddr[n] {
 				continue
 			}
 			add(Step{Phase: PhaseRoutes, Op: OpRouteAdd, Node: n, NS: nsOf(n), Route: &want[i]})
@@ -343,7 +352,7 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 
 func routeDevFresh(have []Route, r Route, node string, fresh map[string]bool) bool {
 	for _, h := range have {
-		if h.Dst == r.Dst && h.Via == r.Via && h.Metric == r.Metric && fresh[node+":"+h.Dev] {
+		if h.Dst == r.Dst && sameIP(h.Via, r.Via) && h.Metric == r.Metric && fresh[node+":"+h.Dev] {
 			return true
 		}
 	}

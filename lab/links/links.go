@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -136,14 +137,20 @@ func (d *Driver) netnsAdd(s plan.Step) error {
 	if err := netns.Create(s.NS); err != nil {
 		return err
 	}
-	// No duplicate address detection on lab links: every address is
-	// checked by validation, and DAD on the automatic link-local addresses
-	// would hold IPv6 neighbour discovery back for a second or two after up.
-	err := netns.Do(s.NS, func() error {
-		return errors.Join(WriteSysctl("net.ipv6.conf.default.accept_dad", "0"), WriteSysctl("net.ipv6.conf.all.accept_dad", "0"))
-	})
-	if err != nil {
-		return err
+	// Before any link exists, so that new interfaces inherit them. No
+	// DAD: validation refuses duplicate addresses, and DAD on automatic
+	// link-local addresses holds neighbour discovery back 1-2 s after up.
+	if len(s.Sysctls) > 0 {
+		err := netns.Do(s.NS, func() error {
+			var errs []error
+			for _, k := range sortedKeys(s.Sysctls) {
+				errs = append(errs, WriteSysctl(k, s.Sysctls[k]))
+			}
+			return errors.Join(errs...)
+		})
+		if err != nil {
+			return err
+		}
 	}
 	h, err := d.handle(s.NS)
 	if err != nil {
@@ -178,7 +185,7 @@ func (d *Driver) vethAdd(s plan.Step) (err error) {
 	v := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: s.Iface, MTU: s.MTU, Flags: net.FlagUp},
 		PeerName:      s.PeerIface,
-		PeerMTU:       uint32(s.MTU),
+		PeerMTU:       uint32(s.PeerMTU),
 		PeerNamespace: netlink.NsFd(int(peerNS)),
 	}
 	if err := ha.LinkAdd(v); err != nil {
@@ -305,9 +312,6 @@ func (d *Driver) route(s plan.Step) error {
 	return h.RouteReplace(r)
 }
 
-// ipv6DefaultMetric is what the kernel gives an IPv6 route without one.
-const ipv6DefaultMetric = 1024
-
 func toNetlink(h *netlink.Handle, pr *plan.Route) (*netlink.Route, error) {
 	dst, err := netip.ParsePrefix(pr.Dst)
 	if err != nil {
@@ -426,7 +430,9 @@ func (d *Driver) Observe(ns string, sysctls []string) (*plan.NSState, error) {
 		}
 		for _, ad := range addrsOf[a.Index] {
 			ip, ok := netip.AddrFromSlice(ad.IP)
-			if !ok || ip.IsLinkLocalUnicast() || ip.IsLoopback() {
+			// Skip what the kernel puts there itself: link-local IPv6
+			// addresses (validation refuses them in files) and lo's own.
+			if !ok || ip.Is6() && ip.IsLinkLocalUnicast() || a.Name == "lo" && (ip == netip.MustParseAddr("127.0.0.1") || ip == netip.IPv6Loopback()) {
 				continue
 			}
 			ones, _ := ad.Mask.Size()
@@ -478,7 +484,7 @@ func fromNetlink(r netlink.Route, byIndex map[int]string) plan.Route {
 	if r.Gw != nil {
 		out.Via = r.Gw.String()
 	}
-	if r.Family == unix.AF_INET6 && r.Priority == ipv6DefaultMetric {
+	if r.Family == unix.AF_INET6 && r.Priority == plan.IPv6DefaultMetric {
 		out.Metric = 0 // the kernel's default for IPv6; the file writes 0
 	}
 	return out
@@ -520,5 +526,14 @@ func LabMarks(ns string) []string {
 			out = append(out, lab)
 		}
 	}
+	return out
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
 	return out
 }

@@ -123,6 +123,8 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 			add(Step{Phase: PhaseStop, Op: OpServiceStop, Node: node, NS: nsOf(node), Svc: svc, Reason: "removed"})
 		case h != st.Hash && st.Alive:
 			add(Step{Phase: PhaseStop, Op: OpServiceStop, Node: node, NS: nsOf(node), Svc: svc, Reason: "changed"})
+		case st.Alive && obs.Namespaces[nsOf(node)] == nil:
+			add(Step{Phase: PhaseStop, Op: OpServiceStop, Node: node, NS: nsOf(node), Svc: svc, Reason: "namespace gone"})
 		}
 	}
 
@@ -177,7 +179,7 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 	// Namespaces to create.
 	for _, n := range names {
 		if obs.Namespaces[nsOf(n)] == nil {
-			add(Step{Phase: PhaseNamespaces, Op: OpNetnsAdd, Node: n, NS: nsOf(n), Mark: NSMark(t.Name)})
+			add(Step{Phase: PhaseNamespaces, Op: OpNetnsAdd, Node: n, NS: nsOf(n), Mark: NSMark(t.Name), Sysctls: EarlySysctls(t.Nodes[n])})
 		}
 	}
 
@@ -191,7 +193,7 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 		fresh[a.String()], fresh[b.String()] = true, true
 		add(Step{Phase: PhaseLinks, Op: OpVethAdd,
-			Node: a.Node, NS: nsOf(a.Node), Iface: a.Iface, Mark: Mark(t.Name, b.Node, b.Iface), MTU: d.mtu,
+			Node: a.Node, NS: nsOf(a.Node), Iface: a.Iface, Mark: Mark(t.Name, b.Node, b.Iface), MTU: d.mtu, PeerMTU: ends[b.Node][b.Iface].mtu,
 			PeerNode: b.Node, PeerNS: nsOf(b.Node), PeerIface: b.Iface, PeerMark: Mark(t.Name, a.Node, a.Iface)})
 	}
 	// Existing links whose MTU or state drifted.
@@ -233,8 +235,15 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 	for _, n := range names {
 		st := obs.Namespaces[nsOf(n)]
 		want := NodeSysctls(t.Nodes[n])
+		early := map[string]string{}
+		if st == nil {
+			early = EarlySysctls(t.Nodes[n]) // set with the namespace
+		}
 		for _, k := range sortedKeys(want) {
 			if st != nil && st.Sysctls[k] == want[k] && !ifaceSysctlFresh(k, n, fresh) {
+				continue
+			}
+			if v, ok := early[k]; ok && v == want[k] {
 				continue
 			}
 			add(Step{Phase: PhaseSysctls, Op: OpSysctlSet, Node: n, NS: nsOf(n), Key: k, Value: want[k]})
@@ -290,7 +299,11 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		var want []Route
 		for _, r := range t.Nodes[n].Routes {
 			dst, _ := topology.ParseRouteDst(r.To)
-			want = append(want, Route{Dst: dst.String(), Via: r.Via, Dev: r.Dev, Metric: r.Metric})
+			metric := r.Metric
+			if dst.Addr().Is6() && metric == IPv6DefaultMetric {
+				metric = 0 // the kernel's default, which observation reports as 0
+			}
+			want = append(want, Route{Dst: dst.String(), Via: r.Via, Dev: r.Dev, Metric: metric})
 		}
 		var have []Route
 		if st != nil {

@@ -57,6 +57,9 @@ const (
 	OpServiceStop  = "service.stop"
 )
 
+// IPv6DefaultMetric is the metric the kernel gives an IPv6 route without one.
+const IPv6DefaultMetric = 1024
+
 // RouteProto marks the routes labctl installs (shown as "proto 76" by ip
 // route), so converge removes only its own.
 const RouteProto = 76
@@ -75,6 +78,9 @@ type Step struct {
 	Mark      string `json:"mark,omitempty"`      // altname of Iface
 	PeerMark  string `json:"peer_mark,omitempty"` // altname of PeerIface
 	MTU       int    `json:"mtu,omitempty"`
+	PeerMTU   int    `json:"peer_mtu,omitempty"`
+	// Sysctls of netns.add, written before any link exists.
+	Sysctls map[string]string `json:"sysctls,omitempty"`
 
 	Addr   string `json:"addr,omitempty"`
 	Route  *Route `json:"route,omitempty"`
@@ -125,6 +131,9 @@ func (s Step) String() string {
 		out = "- netns " + s.NS
 	case OpVethAdd:
 		out = fmt.Sprintf("+ veth %s <-> %s:%s mtu %d", at, s.PeerNode, s.PeerIface, s.MTU)
+		if s.PeerMTU != 0 && s.PeerMTU != s.MTU {
+			out += fmt.Sprintf("/%d", s.PeerMTU)
+		}
 	case OpLinkDel:
 		out = "- link " + at
 	case OpLinkSet:
@@ -223,9 +232,27 @@ func ServiceHash(s *topology.Service) string {
 	return hex.EncodeToString(h[:8])
 }
 
+// EarlySysctls are set when a node's namespace is created, before any
+// link exists, so that new interfaces inherit them. Labs route statically,
+// so no router solicitations (and fewer packets in every capture); a
+// switch is pure layer 2, so IPv6 is off on its ports and bridge (no
+// link-local addresses, no MLD reports from thousands of ports).
+func EarlySysctls(n *topology.Node) map[string]string {
+	out := map[string]string{
+		"net.ipv6.conf.all.accept_dad":               "0",
+		"net.ipv6.conf.default.accept_dad":           "0",
+		"net.ipv6.conf.default.router_solicitations": "0",
+	}
+	if k, _ := topology.KindOf(n.Kind); k.Bridge {
+		out["net.ipv6.conf.all.disable_ipv6"] = "1"
+		out["net.ipv6.conf.default.disable_ipv6"] = "1"
+	}
+	return out
+}
+
 // NodeSysctls is every sysctl a node should have, its kind's included.
 func NodeSysctls(n *topology.Node) map[string]string {
-	out := map[string]string{}
+	out := EarlySysctls(n)
 	if k, _ := topology.KindOf(n.Kind); k.Forwarding {
 		out["net.ipv4.ip_forward"] = "1"
 		out["net.ipv6.conf.all.forwarding"] = "1"

@@ -480,6 +480,9 @@ func perfect(t *testing.T, top *topology.Topology) *world {
 			st.Links[topology.BridgeName] = &plan.LinkState{Name: topology.BridgeName, Kind: "bridge",
 				Marks: []string{plan.BridgeMark(top.Name)}, MTU: 1500, Up: true}
 		}
+		for k, v := range plan.EarlySysctls(n) {
+			st.Sysctls[k] = v
+		}
 		if n.Kind == "router" {
 			st.Sysctls["net.ipv4.ip_forward"] = "1"
 			st.Sysctls["net.ipv6.conf.all.forwarding"] = "1"
@@ -668,6 +671,9 @@ func (w *world) apply(p *plan.Plan) {
 				t.Errorf("%s: exists", s)
 			}
 			w.addNS(s.NS)
+			for k, v := range s.Sysctls {
+				w.obs.Namespaces[s.NS].Sysctls[k] = v
+			}
 		case plan.OpVethAdd:
 			a, b := need(s), w.obs.Namespaces[s.PeerNS]
 			if a == nil || b == nil {

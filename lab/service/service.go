@@ -238,6 +238,9 @@ func (s *Supervisor) StartAll(ctx context.Context, t *topology.Topology, keys []
 					if onDone != nil {
 						onDone(Record{Node: node, Service: name}, r.err)
 					}
+					mu.Lock()
+					errs = append(errs, r.err)
+					mu.Unlock()
 					return
 				}
 			}

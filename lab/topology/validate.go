@@ -121,6 +121,9 @@ func (c *checker) node(name string, n *Node) {
 			if pr.Addr().Is4In6() || pr.Addr().IsLoopback() && ifn != "lo" || pr.Addr().IsMulticast() || pr.Addr().IsUnspecified() {
 				c.add(ip.with("addresses", i), "%q cannot be an interface address", a)
 			}
+			if pr.Addr().Is6() && pr.Addr().IsLinkLocalUnicast() {
+				c.add(ip.with("addresses", i), "%q is link-local: the kernel gives every interface one by itself", a)
+			}
 		}
 		if iface.MTU != 0 {
 			c.mtu(ip.with("mtu"), iface.MTU, iface.Addresses)

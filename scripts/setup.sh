@@ -46,7 +46,8 @@ go_want="$(awk '$1 == "go" { print $2; exit }' "$gomod")"
 
 packages=(iproute2 tcpdump ethtool iptables nftables conntrack iputils-ping curl
 	sudo make ca-certificates git bash-completion)
-[ "$with_mininet" = 1 ] && packages+=(mininet)
+# Mininet for the benchmark comparison; its lxbr switch needs brctl, and bc does the sums.
+[ "$with_mininet" = 1 ] && packages+=(mininet bridge-utils bc)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 

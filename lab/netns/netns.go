@@ -66,6 +66,13 @@ func Create(name string) error {
 	}
 	p := Path(name)
 	f, err := os.OpenFile(p, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if errors.Is(err, fs.ErrExist) && !Exists(name) {
+		// An unmounted file is what a crash between creating the mount
+		// point and mounting it leaves: it is no namespace, so replace it.
+		if rerr := os.Remove(p); rerr == nil {
+			f, err = os.OpenFile(p, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+		}
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%s: %w", name, ErrExist)

@@ -1,9 +1,10 @@
 package plan
 
 import (
+	"maps"
 	"net/netip"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 
 	"labctl/lab/topology"
@@ -441,14 +442,7 @@ func ServiceOrder(t *topology.Topology) []string {
 	return out
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 // ifaceSysctlFresh reports a per-interface sysctl (net.ipv6.conf.IF.x) of
 // an interface this plan recreates: its old value goes with the old link.

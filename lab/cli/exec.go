@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"sort"
 	"strconv"
 	"syscall"
 
@@ -120,5 +119,3 @@ func tcpdumpArgs(iface, write string, count int, filter string) []string {
 	}
 	return argv
 }
-
-func sortStrings(s []string) []string { sort.Strings(s); return s }

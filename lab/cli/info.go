@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-
-	"labctl/lab/state"
 )
 
 func statusCmd(g *globals) *cobra.Command {
@@ -154,7 +153,7 @@ func logsCmd(g *globals) *cobra.Command {
 				}
 			}
 			sup := g.engine(false).Supervisor(lab)
-			for _, n := range sortStrings(names) {
+			for _, n := range slices.Sorted(slices.Values(names)) {
 				f, err := os.Open(sup.LogPath(args[0], n))
 				if err != nil {
 					fmt.Fprintf(g.errw, "%s/%s: no log yet (%v)\n", args[0], n, err)
@@ -172,5 +171,3 @@ func logsCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&lab, "lab", "", "lab name (default: the only lab up)")
 	return c
 }
-
-var _ = state.Root

@@ -38,18 +38,17 @@ Without -t, labctl uses $LABCTL_TOPOLOGY or ` + DefaultTopology + `.`,
 			if g.format == "text" {
 				fmt.Fprintf(g.out, "Bringing up lab %s (%d nodes, %d links) from %s\n", t.Name, len(t.Nodes), len(t.Links), t.File)
 			}
-			start := time.Now()
 			res, err := g.engine(retain).Up(cmd.Context(), t)
 			if err != nil {
 				return err
 			}
 			if g.format == "json" {
-				return g.json(map[string]any{"lab": res.Lab, "changes": res.Changes, "elapsed_ns": time.Since(start)})
+				return g.json(map[string]any{"lab": res.Lab, "changes": res.Changes, "elapsed_ns": res.Elapsed})
 			}
 			if res.Changes == 0 {
-				fmt.Fprintf(g.out, "Lab %s is up to date (%s)\n", t.Name, round(time.Since(start)))
+				fmt.Fprintf(g.out, "Lab %s is up to date (%s)\n", t.Name, round(res.Elapsed))
 			} else {
-				fmt.Fprintf(g.out, "Lab %s is up: %d changes in %s. Try: labctl inspect --lab %s\n", t.Name, res.Changes, round(time.Since(start)), t.Name)
+				fmt.Fprintf(g.out, "Lab %s is up: %d changes in %s. Try: labctl inspect --lab %s\n", t.Name, res.Changes, round(res.Elapsed), t.Name)
 			}
 			return nil
 		},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"labctl/lab/links"
@@ -49,23 +48,9 @@ func (e *Engine) Down(ctx context.Context, lab string) error {
 	e.report(Event{Lab: lab, Phase: "stop processes", Status: status(errs), Steps: len(recs), Elapsed: time.Since(t0)})
 
 	t1 := time.Now()
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, e.opt.Workers)
-	for _, ns := range nss {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			err := errors.Join(netns.Delete(ns), links.RemoveEtc(ns))
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	errs = append(errs, e.each(context.WithoutCancel(ctx), len(nss), func(i int) error {
+		return errors.Join(netns.Delete(nss[i]), links.RemoveEtc(nss[i]))
+	})...)
 	e.report(Event{Lab: lab, Phase: "namespaces", Status: status(errs), Steps: len(nss), Elapsed: time.Since(t1)})
 
 	if len(errs) == 0 {

@@ -8,8 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -214,44 +216,47 @@ func (e *Engine) runPhase(ctx context.Context, drv *links.Driver, steps []plan.S
 			groups[i] = append(groups[i], s)
 		}
 	}
-	work := make(chan []plan.Step)
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for w := 0; w < e.opt.Workers && w < len(groups); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for g := range work {
-				for _, s := range g {
-					err := drv.Apply(ctx, s)
-					ev := Event{Status: "step", Step: s.String()}
-					if err != nil {
-						ev.Error = err.Error()
-						mu.Lock()
-						errs = append(errs, err)
-						mu.Unlock()
-					}
-					e.report(ev)
-					if err != nil {
-						break
-					}
-				}
+	errs := e.each(ctx, len(groups), func(i int) error {
+		for _, s := range groups[i] {
+			err := drv.Apply(ctx, s)
+			ev := Event{Status: "step", Step: s.String()}
+			if err != nil {
+				ev.Error = err.Error()
 			}
-		}()
-	}
-	for _, g := range groups {
-		if ctx.Err() != nil {
-			break
+			e.report(ev)
+			if err != nil {
+				return err
+			}
 		}
-		work <- g
-	}
-	close(work)
-	wg.Wait()
+		return nil
+	})
 	if err := ctx.Err(); err != nil {
 		errs = append(errs, err)
 	}
 	return joinSorted(errs)
+}
+
+// each runs fn(0..n-1) on at most Workers goroutines and returns every
+// error. Items not started when ctx ends are skipped.
+func (e *Engine) each(ctx context.Context, n int, fn func(i int) error) []error {
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, e.opt.Workers)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(i); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
 }
 
 func (e *Engine) startServices(ctx context.Context, sup *service.Supervisor, t *topology.Topology, steps []plan.Step) error {
@@ -277,33 +282,27 @@ func (e *Engine) observe(ctx context.Context, drv *links.Driver, sup *service.Su
 	}
 	sysctls := map[string][]string{}
 	for _, n := range t.Nodes {
-		for k := range plan.NodeSysctls(n) {
-			sysctls[topology.Namespace(t.Name, n.Name)] = append(sysctls[topology.Namespace(t.Name, n.Name)], k)
-		}
+		ns := topology.Namespace(t.Name, n.Name)
+		sysctls[ns] = slices.Collect(maps.Keys(plan.NodeSysctls(n)))
 	}
-	var mu sync.Mutex
-	var errs []error
-	sem := make(chan struct{}, e.opt.Workers)
-	var wg sync.WaitGroup
+	var present []string
 	for _, ns := range owned {
-		if !netns.Exists(ns) {
-			continue
+		if netns.Exists(ns) {
+			present = append(present, ns)
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			st, err := drv.Observe(ns, sysctls[ns])
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", ns, err))
-				return
-			}
-			obs.Namespaces[ns] = st
-		}()
 	}
-	wg.Wait()
+	states := make([]*plan.NSState, len(present))
+	errs := e.each(ctx, len(present), func(i int) (err error) {
+		if states[i], err = drv.Observe(present[i], sysctls[present[i]]); err != nil {
+			return fmt.Errorf("%s: %w", present[i], err)
+		}
+		return nil
+	})
+	for i, st := range states {
+		if st != nil {
+			obs.Namespaces[present[i]] = st
+		}
+	}
 	return obs, errors.Join(errs...)
 }
 

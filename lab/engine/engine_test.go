@@ -148,6 +148,17 @@ func leftovers(t *testing.T, lab string) []string {
 	return out
 }
 
+// downClean takes lab down and fails unless nothing of it is left.
+func downClean(t *testing.T, e *engine.Engine, lab, when string) {
+	t.Helper()
+	if err := e.Down(context.Background(), lab); err != nil {
+		t.Fatalf("down %s: %v", when, err)
+	}
+	if l := leftovers(t, lab); len(l) > 0 {
+		t.Fatalf("down %s left: %v", when, l)
+	}
+}
+
 func inNS(t *testing.T, ns string, argv ...string) (string, error) {
 	t.Helper()
 	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...).CombinedOutput()
@@ -199,12 +210,7 @@ func TestUpConvergeDown(t *testing.T) {
 		t.Fatalf("old address still answers:\n%s", out)
 	}
 
-	if err := e.Down(ctx, lab); err != nil {
-		t.Fatal(err)
-	}
-	if l := leftovers(t, lab); len(l) > 0 {
-		t.Fatalf("down left: %v", l)
-	}
+	downClean(t, e, lab, "after converge")
 	if after := rootSnapshot(t); after != before {
 		t.Fatalf("root namespace changed:\n--- before\n%s\n--- after\n%s", before, after)
 	}
@@ -225,12 +231,7 @@ func TestTwoLabsSideBySide(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := e.Down(ctx, a); err != nil {
-		t.Fatal(err)
-	}
-	if l := leftovers(t, a); len(l) > 0 {
-		t.Fatalf("down %s left: %v", a, l)
-	}
+	downClean(t, e, a, "of one lab beside another")
 	if out, err := inNS(t, topology.Namespace(b, "h1"), "ping", "-c1", "-W2", "10.0.2.10"); err != nil {
 		t.Fatalf("lab %s broken by down of %s: %v\n%s", b, a, err, out)
 	}
@@ -275,12 +276,7 @@ func TestFailedUpRollsBack(t *testing.T) {
 	if !netns.Exists(topology.Namespace(lab, "h1")) {
 		t.Fatal("--retain kept nothing")
 	}
-	if err := e.Down(ctx, lab); err != nil {
-		t.Fatal(err)
-	}
-	if l := leftovers(t, lab); len(l) > 0 {
-		t.Fatalf("down after a retained failure left: %v", l)
-	}
+	downClean(t, e, lab, "after a retained failure")
 }
 
 func TestCollisionChangesNothing(t *testing.T) {
@@ -326,12 +322,7 @@ func TestDownWithoutState(t *testing.T) {
 	if err := os.RemoveAll(state.Dir(lab)); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Down(ctx, lab); err != nil {
-		t.Fatal(err)
-	}
-	if l := leftovers(t, lab); len(l) > 0 {
-		t.Fatalf("down without state left: %v", l)
-	}
+	downClean(t, e, lab, "without state")
 }
 
 // TestKill9DuringUp kills `labctl up` at several points and checks that

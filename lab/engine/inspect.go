@@ -47,9 +47,10 @@ func (e *Engine) Status() ([]LabStatus, error) {
 				s.Namespaces++
 			}
 		}
-		recs, _ := e.Supervisor(l).Records()
+		sup := e.Supervisor(l)
+		recs, _ := sup.Records()
 		for _, r := range recs {
-			if e.Supervisor(l).Alive(r) {
+			if sup.Alive(r) {
 				s.Running++
 			}
 		}
@@ -111,7 +112,8 @@ func (e *Engine) Inspect(lab string) (*Inspection, error) {
 	t := rec.Topology
 	drv := links.New()
 	defer drv.Close()
-	recs, _ := e.Supervisor(lab).Records()
+	sup := e.Supervisor(lab)
+	recs, _ := sup.Records()
 	ins := &Inspection{Lab: lab, File: rec.File, Status: rec.Status}
 	peers := map[string]string{}
 	for _, l := range t.Links {
@@ -143,7 +145,7 @@ func (e *Engine) Inspect(lab string) (*Inspection, error) {
 		}
 		for _, r := range recs {
 			if r.Node == name {
-				ni.Services = append(ni.Services, ServiceInfo{Name: r.Service, PID: r.PID, Running: e.Supervisor(lab).Alive(r), Command: r.Command, Log: r.Log})
+				ni.Services = append(ni.Services, ServiceInfo{Name: r.Service, PID: r.PID, Running: sup.Alive(r), Command: r.Command, Log: r.Log})
 			}
 		}
 		ins.Nodes = append(ins.Nodes, ni)

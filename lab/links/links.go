@@ -96,7 +96,7 @@ func (d *Driver) Apply(ctx context.Context, s plan.Step) error {
 		err = d.netnsAdd(s)
 	case plan.OpNetnsDel:
 		d.forget(s.NS)
-		err = errors.Join(netns.Kill([]string{s.NS}, KillGrace), netns.Delete(s.NS), removeEtc(s.NS))
+		err = errors.Join(netns.Kill([]string{s.NS}, KillGrace), netns.Delete(s.NS), RemoveEtc(s.NS))
 	case plan.OpVethAdd:
 		err = d.vethAdd(s)
 	case plan.OpLinkDel:
@@ -374,9 +374,9 @@ func writeEtc(s plan.Step) error {
 	return os.WriteFile(s.Path, []byte(s.Data), 0o644)
 }
 
-// removeEtc removes the files labctl wrote for ns, and the directory once
+// RemoveEtc removes the files labctl wrote for ns, and the directory once
 // it is empty; anything else there is left alone.
-func removeEtc(ns string) error {
+func RemoveEtc(ns string) error {
 	dir := filepath.Join(plan.EtcNetns, ns)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -394,9 +394,6 @@ func removeEtc(ns string) error {
 	os.Remove(plan.EtcNetns) // only when empty: labctl made it
 	return errors.Join(errs...)
 }
-
-// RemoveEtc is removeEtc for teardown.
-func RemoveEtc(ns string) error { return removeEtc(ns) }
 
 // Observe reads one namespace: its links with marks, global addresses,
 // labctl's routes, the given sysctls and its /etc/netns files.
@@ -491,25 +488,6 @@ func fromNetlink(r netlink.Route, byIndex map[int]string) plan.Route {
 	return out
 }
 
-// Marked reports whether a namespace carries the lab's mark on lo.
-func (d *Driver) Marked(ns, mark string) bool {
-	h, err := netns.Handle(ns)
-	if err != nil {
-		return false
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return false
-	}
-	for _, a := range lo.Attrs().AltNames {
-		if a == mark {
-			return true
-		}
-	}
-	return false
-}
-
 // LabMarks lists the labs whose mark a namespace carries on lo.
 func LabMarks(ns string) []string {
 	h, err := netns.Handle(ns)
@@ -523,7 +501,7 @@ func LabMarks(ns string) []string {
 	}
 	var out []string
 	for _, a := range lo.Attrs().AltNames {
-		if lab, ok := strings.CutPrefix(a, "labctl."); ok && !strings.Contains(lab, ".") {
+		if lab, ok := plan.LabOfNSMark(a); ok {
 			out = append(out, lab)
 		}
 	}

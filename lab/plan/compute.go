@@ -66,7 +66,6 @@ type desiredLink struct {
 	peerNode, peerIface string
 	mtu                 int
 	addrs               []string
-	bridgePort          bool
 }
 
 // Compute plans the steps that take obs to the topology t. A nil obs is
@@ -102,8 +101,6 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 			if d.mtu == 0 {
 				d.mtu = DefaultMTU
 			}
-			k, _ := topology.KindOf(n.Kind)
-			d.bridgePort = k.Bridge
 			ends[me.Node][me.Iface] = d
 		}
 	}

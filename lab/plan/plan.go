@@ -221,6 +221,12 @@ func BridgeMark(lab string) string { return "labctl." + lab + ".bridge" }
 // NSMark is the altname put on lo of every namespace of the lab.
 func NSMark(lab string) string { return "labctl." + lab }
 
+// LabOfNSMark returns the lab a namespace's lo mark names.
+func LabOfNSMark(m string) (string, bool) {
+	lab, ok := strings.CutPrefix(m, "labctl.")
+	return lab, ok && lab != "" && !strings.Contains(lab, ".")
+}
+
 // MarkPrefix is what every altname of the lab starts with.
 func MarkPrefix(lab string) string { return "labctl." + lab + "." }
 

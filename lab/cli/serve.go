@@ -34,6 +34,15 @@ func serveCmd(g *globals) *cobra.Command {
 		},
 	}
 	echo.Flags().StringVar(&elisten, "listen", ":7", "address to listen on")
-	c.AddCommand(httpc, echo)
+	var dir string
+	ovsdb := &cobra.Command{
+		Use:   "ovsdb",
+		Short: "Create an ovs-host's Open vSwitch database if needed, then run ovsdb-server on it",
+		Args:  cobra.NoArgs,
+		RunE:  func(*cobra.Command, []string) error { return serve.OVSDB(dir) },
+	}
+	ovsdb.Flags().StringVar(&dir, "dir", "", "directory of the database and its sockets")
+	ovsdb.MarkFlagRequired("dir")
+	c.AddCommand(httpc, echo, ovsdb)
 	return c
 }

@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"labctl/lab/links"
+	"labctl/lab/nat"
 	"labctl/lab/netns"
+	"labctl/lab/ovs"
 	"labctl/lab/plan"
 	"labctl/lab/service"
 	"labctl/lab/state"
@@ -173,6 +175,23 @@ func (e *Engine) apply(ctx context.Context, drv *links.Driver, sup *service.Supe
 		switch ph {
 		case plan.PhaseServices:
 			err = e.startServices(ctx, sup, t, steps)
+		case plan.PhaseOVS:
+			// The daemons first (in dependency order), then every host's
+			// configuration concurrently.
+			var daemons, configs []plan.Step
+			for _, s := range steps {
+				if s.Op == plan.OpServiceStart {
+					daemons = append(daemons, s)
+				} else {
+					configs = append(configs, s)
+				}
+			}
+			if len(daemons) > 0 {
+				err = e.startServices(ctx, sup, t, daemons)
+			}
+			if err == nil {
+				err = e.runPhase(ctx, drv, t.Name, configs, true)
+			}
 		case plan.PhaseStop:
 			var errs []error
 			for _, s := range steps {
@@ -180,7 +199,7 @@ func (e *Engine) apply(ctx context.Context, drv *links.Driver, sup *service.Supe
 			}
 			err = errors.Join(errs...)
 		default:
-			err = e.runPhase(ctx, drv, steps, ph == plan.PhaseLinks || ph == plan.PhasePrune)
+			err = e.runPhase(ctx, drv, t.Name, steps, ph == plan.PhaseLinks || ph == plan.PhasePrune || ph == plan.PhaseOffloads || ph == plan.PhaseNAT)
 		}
 		ev := Event{Lab: t.Name, Phase: ph, Status: "ok", Steps: len(steps), Elapsed: time.Since(t0)}
 		if err != nil {
@@ -197,7 +216,7 @@ func (e *Engine) apply(ctx context.Context, drv *links.Driver, sup *service.Supe
 // order (a bridge before its ports, an address removal before its
 // replacement); different nodes, or every step when independent, run
 // concurrently. All errors are collected.
-func (e *Engine) runPhase(ctx context.Context, drv *links.Driver, steps []plan.Step, independent bool) error {
+func (e *Engine) runPhase(ctx context.Context, drv *links.Driver, lab string, steps []plan.Step, independent bool) error {
 	var groups [][]plan.Step
 	if independent {
 		for _, s := range steps {
@@ -218,7 +237,7 @@ func (e *Engine) runPhase(ctx context.Context, drv *links.Driver, steps []plan.S
 	}
 	errs := e.each(ctx, len(groups), func(i int) error {
 		for _, s := range groups[i] {
-			err := drv.Apply(ctx, s)
+			err := applyStep(ctx, drv, lab, s)
 			ev := Event{Status: "step", Step: s.String()}
 			if err != nil {
 				ev.Error = err.Error()
@@ -234,6 +253,20 @@ func (e *Engine) runPhase(ctx context.Context, drv *links.Driver, steps []plan.S
 		errs = append(errs, err)
 	}
 	return joinSorted(errs)
+}
+
+// applyStep hands a step to the driver of its component.
+func applyStep(ctx context.Context, drv *links.Driver, lab string, s plan.Step) error {
+	switch s.Op {
+	case plan.OpTxOff:
+		return links.SetTxChecksum(s.NS, s.Iface, false)
+	case plan.OpOVSConfig:
+		return ovs.Apply(ctx, lab, s)
+	case plan.OpNATSync:
+		_, err := nat.Sync(s.NS, s.Mark, s.NAT)
+		return err
+	}
+	return drv.Apply(ctx, s)
 }
 
 // each runs fn(0..n-1) on at most Workers goroutines and returns every
@@ -291,10 +324,27 @@ func (e *Engine) observe(ctx context.Context, drv *links.Driver, sup *service.Su
 			present = append(present, ns)
 		}
 	}
+	byNS := map[string]*topology.Node{}
+	for _, n := range t.Nodes {
+		byNS[topology.Namespace(t.Name, n.Name)] = n
+	}
 	states := make([]*plan.NSState, len(present))
 	errs := e.each(ctx, len(present), func(i int) (err error) {
-		if states[i], err = drv.Observe(present[i], sysctls[present[i]]); err != nil {
-			return fmt.Errorf("%s: %w", present[i], err)
+		ns := present[i]
+		if states[i], err = drv.Observe(ns, sysctls[ns]); err != nil {
+			return fmt.Errorf("%s: %w", ns, err)
+		}
+		n := byNS[ns]
+		if n == nil {
+			return nil
+		}
+		if n.OVS != nil {
+			states[i].OVSHash = ovs.Hash(ctx, n.OVS.Dir)
+		}
+		if len(plan.NATRules(t, n)) > 0 || n.Kind == "vrouter" {
+			if states[i].NAT, err = nat.List(ns, plan.NSMark(t.Name)); err != nil {
+				return fmt.Errorf("%s: %w", ns, err)
+			}
 		}
 		return nil
 	})

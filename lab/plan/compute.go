@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"labctl/lab/nat"
 	"labctl/lab/topology"
 )
 
@@ -30,6 +31,11 @@ type NSState struct {
 	Routes  []Route               `json:"routes"`  // only RouteProto routes
 	Sysctls map[string]string     `json:"sysctls"` // the keys asked for
 	Files   map[string]string     `json:"files"`   // resolv.conf, hosts
+	// OVSHash is the configuration hash an ovs-host's switch reports ("" if
+	// its daemons do not answer).
+	OVSHash string `json:"ovs_hash,omitempty"`
+	// NAT is the lab's NAT rules in the namespace (read for nodes with NAT).
+	NAT []nat.Rule `json:"nat,omitempty"`
 }
 
 // LinkState is one interface.
@@ -94,8 +100,12 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 				if ifc.MTU != 0 {
 					d.mtu = ifc.MTU
 				}
-				for _, a := range ifc.Addresses {
-					d.addrs = append(d.addrs, normAddr(a))
+				// An ovs-host's NIC is a switch port: its addresses sit
+				// on the internal port of its bridge instead.
+				if k, _ := topology.KindOf(n.Kind); !k.OVS {
+					for _, a := range ifc.Addresses {
+						d.addrs = append(d.addrs, normAddr(a))
+					}
 				}
 			}
 			if d.mtu == 0 {
@@ -208,6 +218,66 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	// Every interface that sends into an Open vSwitch port (a VM's NIC, a
+	// router's leg, the far end of a host's NIC) computes its checksums
+	// itself: a veth leaves them to "hardware", the userspace datapath never
+	// fills them in, and TCP is dropped while ping works.
+	for _, l := range t.Links {
+		a, b := l.Ends()
+		for _, pair := range [][2]topology.Endpoint{{a, b}, {b, a}} {
+			me, peer := pair[0], pair[1]
+			if k, _ := topology.KindOf(t.Nodes[peer.Node].Kind); k.OVS && fresh[me.String()] {
+				add(Step{Phase: PhaseOffloads, Op: OpTxOff, Node: me.Node, NS: nsOf(me.Node), Iface: me.Iface})
+			}
+		}
+	}
+
+	// Open vSwitch: the daemons of each ovs-host, then its configuration.
+	stopped := map[string]bool{}
+	for _, s := range p.Steps {
+		if s.Op == OpServiceStop {
+			stopped[s.Node+"/"+s.Svc] = true
+		}
+	}
+	startNeeded := func(key string) bool {
+		node, _, _ := strings.Cut(key, "/")
+		st, ok := obs.Services[key]
+		return !ok || !st.Alive || stopped[key] || obs.Namespaces[nsOf(node)] == nil
+	}
+	ovsStarted := map[string]bool{}
+	for _, key := range ServiceOrder(t) {
+		node, svc, _ := strings.Cut(key, "/")
+		if t.Nodes[node].Services[svc].Early && startNeeded(key) {
+			ovsStarted[node] = true
+			add(Step{Phase: PhaseOVS, Op: OpServiceStart, Node: node, NS: nsOf(node), Svc: svc})
+		}
+	}
+	for _, n := range names {
+		o := t.Nodes[n].OVS
+		if o == nil {
+			continue
+		}
+		st := obs.Namespaces[nsOf(n)]
+		var ports []string
+		for _, b := range o.Bridges {
+			for _, pt := range b.Ports {
+				if fresh[n+":"+pt.Name] && st != nil {
+					ports = append(ports, pt.Name)
+				}
+			}
+		}
+		internalDown := false
+		for _, b := range o.Bridges {
+			if st != nil && (st.Links[b.Name] == nil || !st.Links[b.Name].Up || b.Name != topology.BrInt && st.Links[b.Name].MTU != b.MTU) {
+				internalDown = true
+			}
+		}
+		h := o.Hash()
+		if st == nil || ovsStarted[n] || st.OVSHash != h || len(ports) > 0 || internalDown {
+			add(Step{Phase: PhaseOVS, Op: OpOVSConfig, Node: n, NS: nsOf(n), OVS: o, Value: h, Ports: ports})
+		}
+	}
+
 	// Bridges of switch nodes and their ports.
 	for _, n := range names {
 		if !isBridgeNode(t, n) {
@@ -254,6 +324,13 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		ifaces := map[string][]string{}
 		for ifn, d := range ends[n] {
 			ifaces[ifn] = d.addrs
+		}
+		if o := t.Nodes[n].OVS; o != nil {
+			for _, b := range o.Bridges {
+				for _, a := range b.Addresses {
+					ifaces[b.Name] = append(ifaces[b.Name], normAddr(a))
+				}
+			}
 		}
 		ifaces["lo"] = nil // lo's global addresses are the lab's: dropped from the file, they go
 		if lo := t.Nodes[n].Interfaces["lo"]; lo != nil {
@@ -323,6 +400,18 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	// NAT rules, compared as a whole per node.
+	for _, n := range names {
+		want := NATRules(t, t.Nodes[n])
+		var have []nat.Rule
+		if st := obs.Namespaces[nsOf(n)]; st != nil {
+			have = st.NAT
+		}
+		if !slices.EqualFunc(want, have, nat.Rule.Equal) {
+			add(Step{Phase: PhaseNAT, Op: OpNATSync, Node: n, NS: nsOf(n), Mark: NSMark(t.Name), NAT: want})
+		}
+	}
+
 	// Files under /etc/netns/<ns>/.
 	for _, n := range names {
 		st := obs.Namespaces[nsOf(n)]
@@ -344,16 +433,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 	}
 
 	// Services to start, in dependency order.
-	stopped := map[string]bool{}
-	for _, s := range p.Steps {
-		if s.Op == OpServiceStop {
-			stopped[s.Node+"/"+s.Svc] = true
-		}
-	}
 	for _, key := range ServiceOrder(t) {
 		node, svc, _ := strings.Cut(key, "/")
-		st, ok := obs.Services[key]
-		if ok && st.Alive && !stopped[key] && obs.Namespaces[nsOf(node)] != nil {
+		if t.Nodes[node].Services[svc].Early || !startNeeded(key) {
 			continue
 		}
 		add(Step{Phase: PhaseServices, Op: OpServiceStart, Node: node, NS: nsOf(node), Svc: svc})

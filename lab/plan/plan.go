@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"labctl/lab/nat"
 	"labctl/lab/topology"
 )
 
@@ -25,17 +26,20 @@ const (
 	PhasePrune      = "prune"
 	PhaseNamespaces = "namespaces"
 	PhaseLinks      = "links"
+	PhaseOffloads   = "offloads"
+	PhaseOVS        = "open vswitch"
 	PhaseBridges    = "bridges"
 	PhaseSysctls    = "sysctls"
 	PhaseAddresses  = "addresses"
 	PhaseRoutes     = "routes"
+	PhaseNAT        = "nat"
 	PhaseFiles      = "files"
 	PhaseServices   = "services"
 )
 
 // Phases lists every phase in order.
-var Phases = []string{PhaseStop, PhasePrune, PhaseNamespaces, PhaseLinks, PhaseBridges,
-	PhaseSysctls, PhaseAddresses, PhaseRoutes, PhaseFiles, PhaseServices}
+var Phases = []string{PhaseStop, PhasePrune, PhaseNamespaces, PhaseLinks, PhaseOffloads, PhaseOVS,
+	PhaseBridges, PhaseSysctls, PhaseAddresses, PhaseRoutes, PhaseNAT, PhaseFiles, PhaseServices}
 
 // Ops.
 const (
@@ -55,6 +59,9 @@ const (
 	OpFileDel      = "file.del"
 	OpServiceStart = "service.start"
 	OpServiceStop  = "service.stop"
+	OpTxOff        = "link.txoff"
+	OpOVSConfig    = "ovs.config"
+	OpNATSync      = "nat.sync"
 )
 
 // IPv6DefaultMetric is the metric the kernel gives an IPv6 route without one.
@@ -90,6 +97,13 @@ type Step struct {
 	Data   string `json:"data,omitempty"`
 	Svc    string `json:"service,omitempty"`
 	Reason string `json:"reason,omitempty"`
+
+	// OVS is an ovs-host's whole switch configuration (ovs.config), Value
+	// its hash and Ports the ports whose device was recreated.
+	OVS   *topology.OVS `json:"ovs,omitempty"`
+	Ports []string      `json:"ports,omitempty"`
+	// NAT is a node's complete set of the lab's NAT rules (nat.sync).
+	NAT []nat.Rule `json:"nat,omitempty"`
 }
 
 // Route is a route as planned and as observed.
@@ -160,6 +174,22 @@ func (s Step) String() string {
 		out = "+ service " + s.Node + "/" + s.Svc
 	case OpServiceStop:
 		out = "- service " + s.Node + "/" + s.Svc
+	case OpTxOff:
+		out = "~ offload " + at + " tx off"
+	case OpOVSConfig:
+		ports, tunnels := 0, 0
+		for _, b := range s.OVS.Bridges {
+			for _, p := range b.Ports {
+				if p.Tunnel != nil {
+					tunnels++
+				} else {
+					ports++
+				}
+			}
+		}
+		out = fmt.Sprintf("~ ovs %s: %d bridges, %d ports, %d vxlan tunnels", s.Node, len(s.OVS.Bridges), ports, tunnels)
+	case OpNATSync:
+		out = fmt.Sprintf("~ nat %s: %d rules", s.Node, len(s.NAT))
 	default:
 		out = s.Op
 	}
@@ -249,9 +279,28 @@ func EarlySysctls(n *topology.Node) map[string]string {
 		"net.ipv6.conf.default.accept_dad":           "0",
 		"net.ipv6.conf.default.router_solicitations": "0",
 	}
-	if k, _ := topology.KindOf(n.Kind); k.Bridge {
+	if k, _ := topology.KindOf(n.Kind); k.Bridge || k.OVS {
+		// An ovs-host's bridges switch frames for its VMs; only its
+		// underlay speaks IP, and it is IPv4.
 		out["net.ipv6.conf.all.disable_ipv6"] = "1"
 		out["net.ipv6.conf.default.disable_ipv6"] = "1"
+	}
+	return out
+}
+
+// NATRules is every NAT rule a node should have: each 1:1 translation, then
+// the VPC's source NAT.
+func NATRules(t *topology.Topology, n *topology.Node) []nat.Rule {
+	var out []nat.Rule
+	var inside netip.Prefix
+	if v := t.VPCs[n.VPC]; v != nil {
+		inside = netip.MustParsePrefix(v.CIDR)
+	}
+	for _, x := range n.NAT {
+		out = append(out, nat.OneToOne(netip.MustParseAddr(x.Public), netip.MustParseAddr(x.Private), inside)...)
+	}
+	if n.SNAT != "" && t.VPCs[n.VPC] != nil {
+		out = append(out, nat.SourceNAT(netip.MustParsePrefix(t.VPCs[n.VPC].CIDR), netip.MustParseAddr(n.SNAT))...)
 	}
 	return out
 }

@@ -19,10 +19,13 @@ type Topology struct {
 	Name  string           `yaml:"name" json:"name"`
 	Nodes map[string]*Node `yaml:"nodes" json:"nodes"`
 	Links []*Link          `yaml:"links" json:"links,omitempty"`
+	// VPCs are the cloud region's virtual networks (see region.go).
+	VPCs map[string]*VPC `yaml:"vpcs,omitempty" json:"vpcs,omitempty"`
 
 	// File is the path the topology was read from ("" when generated).
-	File string `yaml:"-" json:"-"`
-	src  *source
+	File     string `yaml:"-" json:"-"`
+	src      *source
+	expanded bool // the cloud declarations are resolved (region.go)
 }
 
 // Node is one network namespace of the lab.
@@ -35,6 +38,18 @@ type Node struct {
 	DNS        *DNS                  `yaml:"dns,omitempty" json:"dns,omitempty"`
 	Hosts      map[string][]string   `yaml:"hosts,omitempty" json:"hosts,omitempty"`
 
+	// Cloud region (kinds ovs-host, vm, vrouter; see region.go).
+	Host     string `yaml:"host,omitempty" json:"host,omitempty"`         // vm, vrouter: the ovs-host it runs on
+	VPC      string `yaml:"vpc,omitempty" json:"vpc,omitempty"`           // vm, vrouter: its VPC
+	Subnet   string `yaml:"subnet,omitempty" json:"subnet,omitempty"`     // vm: the VPC subnet (an AZ name) of its NIC
+	NAT      []*NAT `yaml:"nat,omitempty" json:"nat,omitempty"`           // vrouter: 1:1 public IPs
+	SNAT     string `yaml:"snat,omitempty" json:"snat,omitempty"`         // vrouter: source address of the VPC's other outbound traffic
+	Datapath string `yaml:"datapath,omitempty" json:"datapath,omitempty"` // ovs-host: auto (default), netdev or system
+
+	// OVS is an ovs-host's switch configuration, resolved from the VPCs
+	// and the nodes attached to it.
+	OVS *OVS `yaml:"-" json:"ovs,omitempty"`
+
 	Name string `yaml:"-" json:"-"`
 }
 
@@ -42,6 +57,10 @@ type Node struct {
 type Interface struct {
 	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
 	MTU       int      `yaml:"mtu,omitempty" json:"mtu,omitempty"`
+	// Bridge is the Open vSwitch bridge the interface is a port of: on an
+	// ovs-host one of its NICs (br-phy by default); on a vm or vrouter an
+	// interface plugged into its host (br-int, in its VPC, by default).
+	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
 }
 
 // Route is a static route; To is a CIDR or "default" (IPv4) / "default6".
@@ -66,6 +85,9 @@ type Service struct {
 	After   []string          `yaml:"after,omitempty" json:"after,omitempty"`
 	Env     map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
 	Ready   *Ready            `yaml:"ready,omitempty" json:"ready,omitempty"`
+	// Early services are part of the node's network (an ovs-host's Open
+	// vSwitch daemons): they start before addresses are set.
+	Early bool `yaml:"-" json:"early,omitempty"`
 }
 
 // Ready says when a service counts as started. At most one of TCP, Exec
@@ -88,6 +110,8 @@ type Kind struct {
 	Name       string
 	Forwarding bool // IPv4/IPv6 forwarding switched on
 	Bridge     bool // its interfaces are ports of one Linux bridge; no addresses
+	OVS        bool // runs its own Open vSwitch; its NICs are OVS ports
+	Attached   bool // lives on an ovs-host: its interfaces plug into the host's OVS
 	Doc        string
 }
 
@@ -96,6 +120,12 @@ var kinds = map[string]Kind{
 	"host":   {Name: "host", Doc: "an end host: interfaces, addresses, routes, services"},
 	"router": {Name: "router", Forwarding: true, Doc: "a host with IPv4 and IPv6 forwarding on"},
 	"switch": {Name: "switch", Bridge: true, Doc: "a Linux bridge segment in its own namespace; its interfaces are bridge ports"},
+	"ovs-host": {Name: "ovs-host", OVS: true,
+		Doc: "a compute server running its own Open vSwitch; its NICs are ports of OVS bridges (br-phy by default), vms and vrouters plug into br-int"},
+	"vm": {Name: "vm", Attached: true,
+		Doc: "a virtual machine of a VPC on an ovs-host; its unlinked interfaces are ports of the host's br-int in the VPC's VXLAN segment"},
+	"vrouter": {Name: "vrouter", Attached: true, Forwarding: true,
+		Doc: "a VPC's virtual router on an ovs-host (like Neutron's qrouter): a leg per subnet holding its gateway address; with nat: the gateway of public IPs"},
 }
 
 // KindOf returns the registered kind of a node.

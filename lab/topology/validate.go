@@ -53,6 +53,16 @@ func (t *Topology) Validate() error {
 		c.node(name, t.Nodes[name])
 	}
 	used := c.links()
+	c.region()
+	if len(c.probs) == 0 {
+		// The rest checks the lab as it will be built, with the cloud
+		// declarations resolved; the new links are checked like written ones.
+		c.underlay()
+		if len(c.probs) == 0 && !t.expanded {
+			t.expand()
+			c.links()
+		}
+	}
 	c.unlinked(used)
 	c.segments()
 	c.routes()
@@ -239,6 +249,9 @@ func (c *checker) links() map[Endpoint]path {
 // unlinked reports configured interfaces that no link creates.
 func (c *checker) unlinked(used map[Endpoint]path) {
 	for _, name := range c.t.NodeNames() {
+		if k, _ := KindOf(c.t.Nodes[name].Kind); k.Attached {
+			continue // plugged into its host's switch
+		}
 		for _, ifn := range sortedKeys(c.t.Nodes[name].Interfaces) {
 			if ifn == "lo" {
 				continue
@@ -270,6 +283,9 @@ func (c *checker) segments() {
 				pr, err := netip.ParsePrefix(a)
 				if err != nil {
 					continue
+				}
+				if pr.IsSingleIP() {
+					continue // an extra address (a VIP) in no subnet of its own
 				}
 				f := &v4
 				if pr.Addr().Is6() {
@@ -584,14 +600,24 @@ func (t *Topology) serviceCycle() []string {
 	return nil
 }
 
-// duplicateAddresses reports one IP configured twice in the lab.
+// duplicateAddresses reports one IP configured twice in the lab. Inside a
+// VPC addresses are the tenant's own: two VPCs may use the same ones.
 func (c *checker) duplicateAddresses() {
-	seen := map[netip.Addr]string{}
+	type scoped struct {
+		vpc  string
+		addr netip.Addr
+	}
+	seen := map[scoped]string{}
 	for _, name := range c.t.NodeNames() {
 		n := c.t.Nodes[name]
+		k, _ := KindOf(n.Kind)
 		for _, ifn := range sortedKeys(n.Interfaces) {
 			if n.Interfaces[ifn] == nil {
 				continue
+			}
+			scope := ""
+			if k.Attached && bridgeOf(n.Interfaces[ifn]) == BrInt {
+				scope = n.VPC
 			}
 			for i, a := range n.Interfaces[ifn].Addresses {
 				pr, err := netip.ParsePrefix(a)
@@ -599,11 +625,12 @@ func (c *checker) duplicateAddresses() {
 					continue
 				}
 				at := name + ":" + ifn
-				if prev, dup := seen[pr.Addr()]; dup {
+				key := scoped{scope, pr.Addr()}
+				if prev, dup := seen[key]; dup {
 					c.add(path{"nodes", name, "interfaces", ifn, "addresses", i}, "%s is also on %s", pr.Addr(), prev)
 					continue
 				}
-				seen[pr.Addr()] = at
+				seen[key] = at
 			}
 		}
 	}

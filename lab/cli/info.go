@@ -5,10 +5,13 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"labctl/lab/engine"
 )
 
 func statusCmd(g *globals) *cobra.Command {
@@ -112,11 +115,59 @@ scripts.`,
 					fmt.Fprintf(g.out, "service %s/%s pid %d %s: %s (log %s)\n", n.Name, s.Name, s.PID, run, strings.Join(s.Command, " "), s.Log)
 				}
 			}
+			if ins.Region != nil {
+				printRegion(g.out, ins.Region)
+			}
 			return nil
 		},
 	}
 	c.Flags().StringVar(&lab, "lab", "", "lab name (default: the only lab up)")
 	return c
+}
+
+// printRegion shows the VPCs with their members, then each host's switch
+// ports as its running daemons report them (tunnels with remote and VNI).
+func printRegion(out io.Writer, r *engine.RegionInfo) {
+	fmt.Fprintln(out)
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "VPC\tTENANT\tCIDR\tVNI\tMEMBER\tKIND\tHOST\tADDRESSES")
+	for _, v := range r.VPCs {
+		head := fmt.Sprintf("%s\t%s\t%s\t%d", v.Name, v.Tenant, v.CIDR, v.VNI)
+		if len(v.Members) == 0 {
+			fmt.Fprintf(w, "%s\t-\t\t\t\n", head)
+		}
+		for i, m := range v.Members {
+			if i > 0 {
+				head = "\t\t\t"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", head, m.Node, m.Kind, m.Host, strings.Join(m.Addresses, ", "))
+		}
+	}
+	w.Flush()
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "HOST\tDATAPATH\tUNDERLAY\tBRIDGE\tPORT\tTAG\tVPC\tTO")
+	for _, h := range r.Hosts {
+		head := fmt.Sprintf("%s\t%s\t%s", h.Name, h.Datapath, strings.Join(h.Underlay, " "))
+		if h.Error != "" {
+			fmt.Fprintf(w, "%s\t(switch not answering: %s)\t\t\t\t\n", head, h.Error)
+			continue
+		}
+		for i, p := range h.Ports {
+			if i > 0 {
+				head = "\t\t"
+			}
+			tag, to := "", p.IDs["labctl-peer"]
+			if p.Tag != 0 {
+				tag = strconv.Itoa(p.Tag)
+			}
+			if p.Type == "vxlan" {
+				to = "vxlan remote " + p.Opts["remote_ip"] + " vni " + p.Opts["key"]
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", head, p.Bridge, p.Name, tag, p.IDs["labctl-vpc"], to)
+		}
+	}
+	w.Flush()
 }
 
 func logsCmd(g *globals) *cobra.Command {

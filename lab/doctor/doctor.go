@@ -402,18 +402,22 @@ type binary struct {
 	why       string // what breaks without it
 }
 
-const laterStages = "needed by the cloud/BGP/order stages"
+const (
+	laterStages = "needed by the BGP/order stages"
+	region      = "needed by cloud region labs (ovs-host, vm, vrouter)"
+)
 
 var binaries = []binary{
 	{"ip", "iproute2", true, "needed for ip netns exec"},
 	{"tcpdump", "tcpdump", true, "needed for capture"},
-	{"ethtool", "ethtool", false, laterStages},
-	{"iptables", "iptables", false, laterStages},
+	{"ethtool", "ethtool", false, region},
+	{"iptables", "iptables", false, region},
 	{"nft", "nftables", false, laterStages},
 	{"conntrack", "conntrack", false, laterStages},
-	{"ovs-vsctl", "openvswitch-switch", false, laterStages},
-	{"ovsdb-server", "openvswitch-switch", false, laterStages},
-	{"ovs-vswitchd", "openvswitch-switch", false, laterStages},
+	{"ovs-vsctl", "openvswitch-switch", false, region},
+	{"ovsdb-server", "openvswitch-switch", false, region},
+	{"ovs-vswitchd", "openvswitch-switch", false, region},
+	{"ovsdb-tool", "openvswitch-switch", false, region},
 	{"haproxy", "haproxy", false, laterStages},
 	{"curl", "curl", false, laterStages},
 	{"ping", "iputils-ping", false, laterStages},

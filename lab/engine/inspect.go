@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"sort"
 
@@ -96,8 +97,9 @@ type ServiceInfo struct {
 type Inspection struct {
 	Lab    string     `json:"lab"`
 	File   string     `json:"file,omitempty"`
-	Status string     `json:"status"`
-	Nodes  []NodeInfo `json:"nodes"`
+	Status string      `json:"status"`
+	Nodes  []NodeInfo  `json:"nodes"`
+	Region *RegionInfo `json:"region,omitempty"`
 }
 
 // Inspect reads a lab back from the kernel and its records.
@@ -150,5 +152,6 @@ func (e *Engine) Inspect(lab string) (*Inspection, error) {
 		}
 		ins.Nodes = append(ins.Nodes, ni)
 	}
+	ins.Region = region(context.Background(), t)
 	return ins, nil
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -20,6 +21,19 @@ import (
 func HTTP(ctx context.Context, listen, text string, log *slog.Logger) error {
 	node := os.Getenv("LABCTL_NODE")
 	mux := http.NewServeMux()
+	// /bytes/N sends N bytes of Pattern: a bulk transfer whose content the
+	// receiver can check.
+	mux.HandleFunc("/bytes/{n}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
+		if err != nil || n < 0 || n > MaxBytes {
+			http.Error(w, fmt.Sprintf("n must be 0..%d", MaxBytes), http.StatusBadRequest)
+			return
+		}
+		log.Info("bytes", "n", n, "remote", r.RemoteAddr)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		io.CopyN(w, Pattern(), n)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		log.Info("request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -44,6 +58,24 @@ func HTTP(ctx context.Context, listen, text string, log *slog.Logger) error {
 		return err
 	}
 	return nil
+}
+
+// MaxBytes bounds one /bytes transfer (1 GiB).
+const MaxBytes = 1 << 30
+
+// Pattern is the endless content of /bytes: a counter in every 8 bytes,
+// so a lost or reordered block changes its checksum.
+func Pattern() io.Reader { return &pattern{} }
+
+type pattern struct{ off uint64 }
+
+func (p *pattern) Read(b []byte) (int, error) {
+	for i := range b {
+		word := (p.off + uint64(i)) / 8
+		b[i] = byte(word >> (8 * ((p.off + uint64(i)) % 8)))
+	}
+	p.off += uint64(len(b))
+	return len(b), nil
 }
 
 // Echo copies every TCP connection's bytes back to it.

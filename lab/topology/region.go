@@ -1,6 +1,6 @@
 package topology
 
-// The cloud region (stage 1, 8 and 9 of the story): compute hosts running
+// The cloud region (stages 1, 8 and 9 of the Double-11 story): compute hosts running
 // Open vSwitch, VPCs with VXLAN IDs, VMs and virtual routers on those hosts.
 //
 // A topology declares them at the level a cloud user thinks in (a VM is in
@@ -38,9 +38,11 @@ const (
 	// OVSDBService and VSwitchdService are the daemons of every ovs-host.
 	OVSDBService    = "ovsdb-server"
 	VSwitchdService = "ovs-vswitchd"
-	maxSubnetName   = MaxIfaceName - len(RouterLegPrefix)
-	maxVNI          = 1<<24 - 1
-	maxSocketPath   = 107 // sun_path holds 108 bytes with the NUL
+	// DefaultLegMTU is the MTU of a virtual router's legs.
+	DefaultLegMTU = 1500
+	maxSubnetName = MaxIfaceName - len(RouterLegPrefix)
+	maxVNI        = 1<<24 - 1
+	maxSocketPath = 107 // sun_path holds 108 bytes with the NUL
 )
 
 // VPC is a tenant's virtual network: one CIDR, one VXLAN ID, one subnet
@@ -226,6 +228,14 @@ func (c *checker) regionNode(name string, n *Node) {
 			}
 		}
 	}
+	if kind.Attached && n.Kind != "vrouter" {
+		if len(n.NAT) > 0 {
+			c.add(p.with("nat"), "nat applies to vrouter nodes (the VPC's gateway)")
+		}
+		if n.SNAT != "" {
+			c.add(p.with("snat"), "snat applies to vrouter nodes (the VPC's gateway)")
+		}
+	}
 	if !kind.OVS && n.Datapath != "" {
 		c.add(p.with("datapath"), "datapath applies to ovs-host nodes")
 	}
@@ -282,6 +292,9 @@ func (c *checker) regionNode(name string, n *Node) {
 	}
 	vpc, ok := t.VPCs[n.VPC]
 	switch {
+	case len(t.VPCs) == 0:
+		c.add(p.with("vpc"), "no vpcs are declared: add a vpcs: section (name, tenant, cidr, vni, subnets)")
+		return
 	case n.VPC == "":
 		c.add(p.with("vpc"), "missing vpc (one of %s)", strings.Join(t.VPCNames(), ", "))
 		return
@@ -338,6 +351,8 @@ func (c *checker) regionNode(name string, n *Node) {
 					continue
 				}
 				switch {
+				case sp.Contains(pr.Addr()) && pr.Bits() != sp.Bits():
+					c.add(ip.with("addresses", i), "%s has the wrong prefix length for subnet %s %s: write %s", a, n.Subnet, sp, netip.PrefixFrom(pr.Addr(), sp.Bits()))
 				case pr.Masked() != sp:
 					c.add(ip.with("addresses", i), "%s is not in subnet %s %s of vpc %s (write it as an address in %s)", a, n.Subnet, sp, n.VPC, sp)
 				case pr.Addr() == gw.Addr():
@@ -404,6 +419,8 @@ func (c *checker) nat(p path, n *Node, vpc *VPC) {
 			c.add(np.with("public"), "%q is not an IPv4 address", x.Public)
 		case !outside(pub):
 			c.add(np.with("public"), "%s is in no subnet of the router's outside interfaces", pub)
+		case ownAddr(n, pub):
+			c.add(np.with("public"), "%s is the router's own address; a public IP for a vm needs one of its own", pub)
 		default:
 			if j, dup := seen[pub]; dup {
 				c.add(np.with("public"), "%s is already translated by nat[%d]", pub, j)
@@ -416,6 +433,19 @@ func (c *checker) nat(p path, n *Node, vpc *VPC) {
 			c.add(np.with("private"), "%q is not an IPv4 address", x.Private)
 		case !cidr.Contains(priv):
 			c.add(np.with("private"), "%s is not in vpc %s (%s)", priv, vpc.Name, cidr)
+		default:
+			in := ""
+			for _, az := range sortedKeys(vpc.Subnets) {
+				if s, err := netip.ParsePrefix(vpc.Subnets[az]); err == nil && s.Contains(priv) {
+					in = az
+					if gw, _ := SubnetGateway(vpc.Subnets[az]); gw.Addr() == priv {
+						c.add(np.with("private"), "%s is the gateway of subnet %s (the router itself), not a vm", priv, az)
+					}
+				}
+			}
+			if in == "" {
+				c.add(np.with("private"), "%s is in no subnet of vpc %s", priv, vpc.Name)
+			}
 		}
 	}
 	if n.SNAT != "" {
@@ -427,6 +457,16 @@ func (c *checker) nat(p path, n *Node, vpc *VPC) {
 			c.add(p.with("snat"), "%s is in no subnet of the router's outside interfaces", a)
 		}
 	}
+}
+
+// ownAddr reports whether a is written on one of n's interfaces.
+func ownAddr(n *Node, a netip.Addr) bool {
+	for _, ifc := range n.Interfaces {
+		if ifc != nil && hasAddr(ifc.Addresses, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // underlay checks what VXLAN needs from the hosts of each VPC that spans
@@ -448,6 +488,10 @@ func (c *checker) underlay() {
 			}
 			mtu := underlayMTU(t, h)
 			for _, m := range members[v][h] {
+				if t.Nodes[m].Kind == "vrouter" && DefaultLegMTU+VXLANOverhead > mtu {
+					c.add(path{"nodes", m, "host"}, "the router's legs (mtu %d) need an underlay mtu of %d on host %s (VXLAN adds %d bytes) but its %s NICs have %d",
+						DefaultLegMTU, DefaultLegMTU+VXLANOverhead, h, VXLANOverhead, BrPhy, mtu)
+				}
 				for _, ifn := range sortedKeys(t.Nodes[m].Interfaces) {
 					ifc := t.Nodes[m].Interfaces[ifn]
 					if ifc == nil || ifn == "lo" || bridgeOf(ifc) != BrInt || t.hasEndpoint(m, ifn) {

@@ -36,7 +36,7 @@ func TestMissingBinaryHasFix(t *testing.T) {
 			}
 		case "ovs-vswitchd":
 			if c.OK || c.Required || c.Fix != "apt-get install -y openvswitch-switch" ||
-				!strings.Contains(c.Detail, "needed by the cloud/BGP/order stages") {
+				!strings.Contains(c.Detail, "needed by cloud region labs") {
 				t.Errorf("ovs-vswitchd: %+v", c)
 			}
 		default:

@@ -95,8 +95,8 @@ type ServiceInfo struct {
 
 // Inspection is a lab as found in the kernel.
 type Inspection struct {
-	Lab    string     `json:"lab"`
-	File   string     `json:"file,omitempty"`
+	Lab    string      `json:"lab"`
+	File   string      `json:"file,omitempty"`
 	Status string      `json:"status"`
 	Nodes  []NodeInfo  `json:"nodes"`
 	Region *RegionInfo `json:"region,omitempty"`

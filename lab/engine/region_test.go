@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -64,21 +66,41 @@ func capture(t *testing.T, lab, node, iface, filter string, fn func()) []packets
 	file := filepath.Join(t.TempDir(), node+".pcap")
 	cmd := exec.Command("ip", "netns", "exec", topology.Namespace(lab, node),
 		"tcpdump", "-i", iface, "-U", "--immediate-mode", "-nn", "-Z", "root", "-w", file, filter)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	// tcpdump says "listening on" once its socket is open.
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(stderr.String(), "listening on") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	listening, readDone := make(chan struct{}), make(chan struct{})
+	var logMu sync.Mutex
+	var log strings.Builder
+	go func() {
+		defer close(readDone)
+		sc := bufio.NewScanner(stderr)
+		once := false
+		for sc.Scan() {
+			logMu.Lock()
+			log.WriteString(sc.Text() + "\n")
+			logMu.Unlock()
+			if !once && strings.Contains(sc.Text(), "listening on") {
+				once = true
+				close(listening)
+			}
+		}
+	}()
+	select {
+	case <-listening:
+	case <-time.After(5 * time.Second):
+		t.Log("tcpdump did not say it was listening within 5s")
 	}
 	fn()
 	time.Sleep(200 * time.Millisecond)
 	cmd.Process.Signal(syscall.SIGINT)
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	go func() { <-readDone; done <- cmd.Wait() }()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
@@ -87,7 +109,9 @@ func capture(t *testing.T, lab, node, iface, filter string, fn func()) []packets
 	}
 	pk, err := packets.Read(file)
 	if err != nil {
-		t.Fatalf("read %s: %v (tcpdump: %s)", file, err, stderr.String())
+		logMu.Lock()
+		defer logMu.Unlock()
+		t.Fatalf("read %s: %v (tcpdump: %s)", file, err, log.String())
 	}
 	return pk
 }

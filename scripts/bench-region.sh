@@ -195,7 +195,7 @@ echo "| VM to VM over VXLAN: shop-web-1 (az1-h1) -> shop-app-1 (az1-h2) | $(gbit
 echo "| plain veth between two namespaces: $va -> $vb | $(gbit "$ve") | $(retr "$tmp/veth.json") |"
 echo "| **ratio VXLAN / veth** | **$(awk -v a="$vx" -v b="$ve" 'BEGIN {printf "%.3f", a / b}')** | |"
 echo
-echo "| ovs-host | datapath | ovs-vswitchd CPU during the VXLAN run (of one core) | ovs-vswitchd RSS after up | ovs-vswitchd RSS after traffic | ovsdb-server RSS |"
+echo "| ovs-host | datapath | ovs-vswitchd CPU during the VXLAN run ($(awk -v ns=$((c1 - c0)) 'BEGIN {printf "%.1f", ns / 1e9}') s), % of one core | ovs-vswitchd RSS after up | ovs-vswitchd RSS after traffic | ovsdb-server RSS |"
 echo "|---|---|---|---|---|---|"
 n=0 s0=0 s1=0 sd=0
 for h in $hosts; do

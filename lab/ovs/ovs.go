@@ -160,17 +160,26 @@ func (s *Switch) apply(lab string, step plan.Step) error {
 	for _, p := range step.Ports {
 		recreate[p] = true
 	}
+	// First every bridge exists and loses the ports it should not have
+	// (removed, recreated, or moved to another bridge), so that adding a
+	// port below never finds it still on another bridge.
 	want := map[string]bool{}
 	for _, b := range o.Bridges {
 		want[b.Name] = true
+	}
+	bridges, err := c.VSwitch.ListBridges()
+	if err != nil {
+		return err
+	}
+	for _, b := range bridges {
+		if !want[b] && s.marked("Bridge", b, lab) {
+			if err := c.VSwitch.DeleteBridge(b); err != nil {
+				return err
+			}
+		}
+	}
+	for _, b := range o.Bridges {
 		if err := c.VSwitch.AddBridge(b.Name); err != nil {
-			return err
-		}
-		args := []string{"set", "Bridge", b.Name, "datapath_type=" + dp, "external_ids:" + MarkLab + "=" + lab}
-		if b.Name != topology.BrInt {
-			args = append(args, "--", "set", "Interface", b.Name, "mtu_request="+strconv.Itoa(b.MTU))
-		}
-		if _, err := s.vsctl(args...); err != nil {
 			return err
 		}
 		have, err := c.VSwitch.ListPorts(b.Name)
@@ -188,19 +197,17 @@ func (s *Switch) apply(lab string, step plan.Step) error {
 				}
 			}
 		}
+	}
+	for _, b := range o.Bridges {
+		args := []string{"set", "Bridge", b.Name, "datapath_type=" + dp, "external_ids:" + MarkLab + "=" + lab}
+		if b.Name != topology.BrInt {
+			args = append(args, "--", "set", "Interface", b.Name, "mtu_request="+strconv.Itoa(b.MTU))
+		}
+		if _, err := s.vsctl(args...); err != nil {
+			return err
+		}
 		for _, p := range b.Ports {
 			if err := s.port(c, lab, b.Name, p); err != nil {
-				return err
-			}
-		}
-	}
-	bridges, err := c.VSwitch.ListBridges()
-	if err != nil {
-		return err
-	}
-	for _, b := range bridges {
-		if !want[b] && s.marked("Bridge", b, lab) {
-			if err := c.VSwitch.DeleteBridge(b); err != nil {
 				return err
 			}
 		}

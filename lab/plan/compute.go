@@ -327,6 +327,7 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 		if o := t.Nodes[n].OVS; o != nil {
 			for _, b := range o.Bridges {
+				ifaces[b.Name] = []string{} // a bridge without addresses keeps none
 				for _, a := range b.Addresses {
 					ifaces[b.Name] = append(ifaces[b.Name], normAddr(a))
 				}

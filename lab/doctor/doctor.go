@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"labctl/lab/netns"
+	"labctl/lab/ovs"
 )
 
 // Check is one probed feature or program.
@@ -363,18 +364,14 @@ func probeNAT(ctx context.Context, c *Check) error {
 
 // probeOVS never fails: without the kernel datapath labctl runs OVS in
 // userspace, so it only reports which one will be used.
-func probeOVS(h *netlink.Handle, c *Check) error {
-	const userspace = "userspace datapath (datapath_type=netdev) will be used"
-	if _, err := os.Stat("/sys/module/openvswitch"); err == nil {
-		c.Detail = "kernel datapath (openvswitch module loaded)"
+// It asks the same question ovs-hosts are built by, so it says exactly
+// what `up` will choose.
+func probeOVS(_ *netlink.Handle, c *Check) error {
+	if ovs.KernelDatapath() {
+		c.Detail = "kernel datapath: ovs-hosts use datapath_type=system"
 		return nil
 	}
-	// The lookup also makes the kernel load the module if it has one.
-	if _, err := h.GenlFamilyGet("ovs_datapath"); err == nil {
-		c.Detail = "kernel datapath (genl family ovs_datapath)"
-		return nil
-	}
-	c.Detail = "no kernel datapath: " + userspace
+	c.Detail = "no kernel datapath: userspace datapath (datapath_type=netdev) will be used"
 	return nil
 }
 

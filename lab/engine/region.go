@@ -2,8 +2,9 @@ package engine
 
 import (
 	"context"
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 
 	"labctl/lab/ovs"
 	"labctl/lab/topology"
@@ -57,7 +58,7 @@ func region(ctx context.Context, t *topology.Topology) *RegionInfo {
 				continue
 			}
 			m := MemberInfo{Node: name, Kind: n.Kind, Host: n.Host, Subnet: n.Subnet, Addresses: []string{}}
-			for _, ifn := range sortedNames(n.Interfaces) {
+			for _, ifn := range slices.Sorted(maps.Keys(n.Interfaces)) {
 				for _, a := range n.Interfaces[ifn].Addresses {
 					if p, err := netip.ParsePrefix(a); err == nil && cidr.Contains(p.Addr()) {
 						m.Addresses = append(m.Addresses, ifn+" "+a)
@@ -88,13 +89,4 @@ func region(ctx context.Context, t *topology.Topology) *RegionInfo {
 		return nil
 	}
 	return &r
-}
-
-func sortedNames[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -471,6 +471,13 @@ func quoteAll(rs []Rule) string {
 	return "[" + strings.Join(s, ", ") + "]"
 }
 
+// BuiltinChains are the nat table's chains in the order iptables lists them.
+var BuiltinChains = []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+
+// TableOrder orders rules as List reports them: chain by chain, keeping
+// their order within a chain.
+func TableOrder(rules []Rule) []Rule { return sortByChain(rules, BuiltinChains) }
+
 // sortByChain orders rules chain by chain as chains lists them (unknown
 // chains last), keeping the order within a chain.
 func sortByChain(rules []Rule, chains []string) []Rule {

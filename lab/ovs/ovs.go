@@ -21,7 +21,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	govs "github.com/digitalocean/go-openvswitch/ovs"
 	"github.com/vishvananda/netlink"
@@ -83,29 +82,27 @@ func Env(dir string) []string {
 // DB is the database socket.
 func DB(dir string) string { return "unix:" + filepath.Join(dir, "db.sock") }
 
-func (s *Switch) client() *govs.Client {
-	return govs.New(govs.Exec(func(cmd string, args ...string) ([]byte, error) {
-		if cmd == "ovs-vsctl" {
-			pre := []string{"--db=" + DB(s.Dir), "--timeout=10"}
-			if !s.wait {
-				pre = append(pre, "--no-wait")
-			}
-			args = append(pre, args...)
+// run is the one way commands reach this host's daemons: go-openvswitch
+// calls it through its Exec option, vsctl directly.
+func (s *Switch) run(cmd string, args ...string) ([]byte, error) {
+	if cmd == "ovs-vsctl" {
+		pre := []string{"--db=" + DB(s.Dir), "--timeout=10"}
+		if !s.wait {
+			pre = append(pre, "--no-wait")
 		}
-		return s.Run(s.ctx, Env(s.Dir), cmd, args...)
-	}))
+		args = append(pre, args...)
+	}
+	return s.Run(s.ctx, Env(s.Dir), cmd, args...)
 }
+
+func (s *Switch) client() *govs.Client { return govs.New(govs.Exec(s.run)) }
 
 // vsctl runs ovs-vsctl with arguments go-openvswitch has no call for.
-func (s *Switch) vsctl(args ...string) ([]byte, error) {
-	pre := []string{"--db=" + DB(s.Dir), "--timeout=10"}
-	if !s.wait {
-		pre = append(pre, "--no-wait")
-	}
-	return s.Run(s.ctx, Env(s.Dir), "ovs-vsctl", append(pre, args...)...)
-}
+func (s *Switch) vsctl(args ...string) ([]byte, error) { return s.run("ovs-vsctl", args...) }
 
-// KernelDatapath reports whether the kernel has the openvswitch datapath.
+// KernelDatapath reports whether the kernel has the openvswitch datapath
+// (asking for its generic netlink family also loads the module if the
+// kernel has one).
 func KernelDatapath() bool {
 	if _, err := os.Stat("/sys/module/openvswitch"); err == nil {
 		return true
@@ -290,7 +287,8 @@ type PortInfo struct {
 	OFPort int               `json:"ofport"`
 }
 
-// Ports lists every port of every bridge, as the running switch has them.
+// Ports lists every port of every bridge, as the running switch has them:
+// the bridges' port lists, then the Port and Interface tables read once.
 func Ports(ctx context.Context, dir string) ([]PortInfo, error) {
 	s := New(dir)
 	s.ctx = ctx
@@ -299,7 +297,6 @@ func Ports(ctx context.Context, dir string) ([]PortInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	var mu sync.Mutex
 	var out []PortInfo
 	for _, b := range bridges {
 		ports, err := c.VSwitch.ListPorts(b)
@@ -307,31 +304,47 @@ func Ports(ctx context.Context, dir string) ([]PortInfo, error) {
 			return nil, err
 		}
 		for _, p := range ports {
-			pi := PortInfo{Bridge: b, Name: p}
-			res, err := s.vsctl("--format=csv", "--data=bare", "--no-headings", "--columns=tag,external_ids", "list", "Port", p)
-			if err == nil {
-				f := splitCSV(strings.TrimSpace(string(res)))
-				if len(f) == 2 {
-					pi.Tag, _ = strconv.Atoi(f[0])
-					pi.IDs = pairs(f[1])
-				}
-			}
-			res, err = s.vsctl("--format=csv", "--data=bare", "--no-headings", "--columns=type,options,ofport", "list", "Interface", p)
-			if err == nil {
-				f := splitCSV(strings.TrimSpace(string(res)))
-				if len(f) == 3 {
-					pi.Type, pi.Opts = f[0], pairs(f[1])
-					pi.OFPort, _ = strconv.Atoi(f[2])
-				}
-			}
-			mu.Lock()
-			out = append(out, pi)
-			mu.Unlock()
+			out = append(out, PortInfo{Bridge: b, Name: p})
+		}
+	}
+	port, err := s.table("Port", "name,tag,external_ids")
+	if err != nil {
+		return nil, err
+	}
+	iface, err := s.table("Interface", "name,type,options,ofport")
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		pi := &out[i]
+		if f := port[pi.Name]; len(f) == 3 {
+			pi.Tag, _ = strconv.Atoi(f[1])
+			pi.IDs = pairs(f[2])
+		}
+		if f := iface[pi.Name]; len(f) == 4 {
+			pi.Type, pi.Opts = f[1], pairs(f[2])
+			pi.OFPort, _ = strconv.Atoi(f[3])
 		}
 	}
 	slices.SortFunc(out, func(a, b PortInfo) int {
 		return strings.Compare(a.Bridge+" "+a.Name, b.Bridge+" "+b.Name)
 	})
+	return out, nil
+}
+
+// table reads columns (the first one "name") of every row of an OVSDB
+// table, keyed by name.
+func (s *Switch) table(name, columns string) (map[string][]string, error) {
+	res, err := s.vsctl("--format=csv", "--data=bare", "--no-headings", "--columns="+columns, "list", name)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(res)), "\n") {
+		if f := splitCSV(line); len(f) > 0 && f[0] != "" {
+			out[f[0]] = f
+		}
+	}
 	return out, nil
 }
 

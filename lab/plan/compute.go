@@ -16,7 +16,7 @@ import (
 var EtcNetns = "/etc/netns"
 
 // DefaultMTU is the MTU of a link with none given.
-const DefaultMTU = 1500
+const DefaultMTU = topology.DefaultMTU
 
 // Observed is what exists now of a lab: its namespaces (only those the lab
 // owns) and its services.

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -303,12 +302,9 @@ func NATRules(t *topology.Topology, n *topology.Node) []nat.Rule {
 	if n.SNAT != "" && t.VPCs[n.VPC] != nil {
 		out = append(out, nat.SourceNAT(netip.MustParsePrefix(t.VPCs[n.VPC].CIDR), netip.MustParseAddr(n.SNAT))...)
 	}
-	// Table order, as nat.List reports the rules, so that a synced router
-	// compares equal; within a chain the order above is kept (1:1 SNATs
-	// before the VPC-wide one).
-	chain := map[string]int{"PREROUTING": 0, "INPUT": 1, "OUTPUT": 2, "POSTROUTING": 3}
-	slices.SortStableFunc(out, func(a, b nat.Rule) int { return chain[a.Chain] - chain[b.Chain] })
-	return out
+	// As nat.List reports them, so that a synced router compares equal;
+	// within a chain the order above is kept (1:1 SNATs before the VPC's).
+	return nat.TableOrder(out)
 }
 
 // NodeSysctls is every sysctl a node should have, its kind's included.

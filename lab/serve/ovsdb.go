@@ -31,17 +31,11 @@ func OVSDB(dir string) error {
 			return fmt.Errorf("ovsdb-tool transact %s: %w: %s", db, err, out)
 		}
 	}
+	// Found on PATH, like ovs-vswitchd, which the supervisor starts the
+	// same way.
 	bin, err := exec.LookPath("ovsdb-server")
 	if err != nil {
-		for _, d := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
-			if _, e := os.Stat(filepath.Join(d, "ovsdb-server")); e == nil {
-				bin, err = filepath.Join(d, "ovsdb-server"), nil
-				break
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("ovsdb-server not found (install openvswitch-switch): %w", err)
-		}
+		return fmt.Errorf("ovsdb-server not found (install openvswitch-switch): %w", err)
 	}
 	argv := []string{"ovsdb-server", db,
 		"--remote=punix:" + filepath.Join(dir, "db.sock"),

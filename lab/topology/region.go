@@ -38,8 +38,10 @@ const (
 	// OVSDBService and VSwitchdService are the daemons of every ovs-host.
 	OVSDBService    = "ovsdb-server"
 	VSwitchdService = "ovs-vswitchd"
+	// DefaultMTU is an interface's MTU when the file gives none.
+	DefaultMTU = 1500
 	// DefaultLegMTU is the MTU of a virtual router's legs.
-	DefaultLegMTU = 1500
+	DefaultLegMTU = DefaultMTU
 	maxSubnetName = MaxIfaceName - len(RouterLegPrefix)
 	maxVNI        = 1<<24 - 1
 	maxSocketPath = 107 // sun_path holds 108 bytes with the NUL
@@ -302,17 +304,6 @@ func (c *checker) regionNode(name string, n *Node) {
 		c.add(p.with("vpc"), "no vpc named %q (vpcs: %s)", n.VPC, strings.Join(t.VPCNames(), ", "))
 		return
 	}
-	linked := map[string]bool{}
-	for _, l := range t.Links {
-		if l == nil {
-			continue
-		}
-		for _, s := range l.Endpoints {
-			if e, err := ParseEndpoint(s); err == nil && e.Node == name {
-				linked[e.Iface] = true
-			}
-		}
-	}
 	hostBridges := map[string]bool{BrInt: true, BrPhy: true}
 	if host != nil {
 		for _, hi := range host.Interfaces {
@@ -334,7 +325,7 @@ func (c *checker) regionNode(name string, n *Node) {
 		attached := 0
 		for _, ifn := range sortedKeys(n.Interfaces) {
 			ifc := n.Interfaces[ifn]
-			if ifn == "lo" || linked[ifn] || ifc == nil {
+			if ifn == "lo" || ifc == nil || t.hasEndpoint(name, ifn) {
 				continue
 			}
 			ip := p.with("interfaces", ifn)
@@ -374,7 +365,7 @@ func (c *checker) regionNode(name string, n *Node) {
 		}
 		for _, ifn := range sortedKeys(n.Interfaces) {
 			ifc := n.Interfaces[ifn]
-			if ifn == "lo" || linked[ifn] || ifc == nil || strings.HasPrefix(ifn, RouterLegPrefix) {
+			if ifn == "lo" || ifc == nil || strings.HasPrefix(ifn, RouterLegPrefix) || t.hasEndpoint(name, ifn) {
 				continue
 			}
 			bp := p.with("interfaces", ifn, "bridge")
@@ -499,7 +490,7 @@ func (c *checker) underlay() {
 					}
 					want := ifc.MTU
 					if want == 0 {
-						want = 1500
+						want = DefaultMTU
 					}
 					if want+VXLANOverhead > mtu {
 						c.add(path{"nodes", m, "interfaces", ifn}, "mtu %d needs an underlay mtu of %d on host %s (VXLAN adds %d bytes) but its %s NICs have %d: raise the underlay mtu or set this interface's mtu to %d",
@@ -576,9 +567,15 @@ func underlayIP(n *Node) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// underlayMTU is the smallest MTU of an ovs-host's br-phy NICs.
-func underlayMTU(t *Topology, host string) int {
-	mtu := 0
+// nic is one linked NIC of an ovs-host: its settings and its MTU.
+type nic struct {
+	ifc *Interface // nil when the file declares no settings for it
+	mtu int
+}
+
+// hostNICs lists the linked NICs of host that are ports of bridge.
+func hostNICs(t *Topology, host, bridge string) []nic {
+	var out []nic
 	for _, l := range t.Links {
 		a, b := l.Ends()
 		for _, e := range []Endpoint{a, b} {
@@ -586,7 +583,7 @@ func underlayMTU(t *Topology, host string) int {
 				continue
 			}
 			ifc := t.Nodes[host].Interfaces[e.Iface]
-			if nicBridge(ifc) != BrPhy {
+			if nicBridge(ifc) != bridge {
 				continue
 			}
 			m := l.MTU
@@ -594,15 +591,24 @@ func underlayMTU(t *Topology, host string) int {
 				m = ifc.MTU
 			}
 			if m == 0 {
-				m = 1500
+				m = DefaultMTU
 			}
-			if mtu == 0 || m < mtu {
-				mtu = m
-			}
+			out = append(out, nic{ifc, m})
+		}
+	}
+	return out
+}
+
+// underlayMTU is the smallest MTU of an ovs-host's br-phy NICs.
+func underlayMTU(t *Topology, host string) int {
+	mtu := 0
+	for _, n := range hostNICs(t, host, BrPhy) {
+		if mtu == 0 || n.mtu < mtu {
+			mtu = n.mtu
 		}
 	}
 	if mtu == 0 {
-		mtu = 1500
+		mtu = DefaultMTU
 	}
 	return mtu
 }
@@ -789,30 +795,15 @@ func (t *Topology) expand() {
 // nicSettings returns the MTU (the largest of the bridge's NICs) and the
 // addresses (all of them) for a host bridge's internal port.
 func nicSettings(t *Topology, host, bridge string) (int, []string) {
-	mtu := 0
+	mtu := DefaultMTU
 	var addrs []string
-	for _, l := range t.Links {
-		a, b := l.Ends()
-		for _, e := range []Endpoint{a, b} {
-			if e.Node != host {
-				continue
-			}
-			ifc := t.Nodes[host].Interfaces[e.Iface]
-			if nicBridge(ifc) != bridge {
-				continue
-			}
-			m := l.MTU
-			if ifc != nil {
-				if ifc.MTU != 0 {
-					m = ifc.MTU
-				}
-				addrs = append(addrs, ifc.Addresses...)
-			}
-			mtu = max(mtu, m)
+	for i, n := range hostNICs(t, host, bridge) {
+		if i == 0 || n.mtu > mtu {
+			mtu = n.mtu
 		}
-	}
-	if mtu == 0 {
-		mtu = 1500
+		if n.ifc != nil {
+			addrs = append(addrs, n.ifc.Addresses...)
+		}
 	}
 	return mtu, addrs
 }

@@ -46,6 +46,10 @@ type Node struct {
 	SNAT     string `yaml:"snat,omitempty" json:"snat,omitempty"`         // vrouter: source address of the VPC's other outbound traffic
 	Datapath string `yaml:"datapath,omitempty" json:"datapath,omitempty"` // ovs-host: auto (default), netdev or system
 
+	// The internet (kind router; see bgp.go).
+	BGP   *BGP   `yaml:"bgp,omitempty" json:"bgp,omitempty"`     // a BGP speaker
+	CGNAT *CGNAT `yaml:"cgnat,omitempty" json:"cgnat,omitempty"` // carrier-grade NAT of subscribers
+
 	// OVS is an ovs-host's switch configuration, resolved from the VPCs
 	// and the nodes attached to it.
 	OVS *OVS `yaml:"-" json:"ovs,omitempty"`

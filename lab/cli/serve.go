@@ -1,7 +1,11 @@
 package cli
 
 import (
+	"context"
 	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -43,6 +47,29 @@ func serveCmd(g *globals) *cobra.Command {
 	}
 	ovsdb.Flags().StringVar(&dir, "dir", "", "directory of the database and its sockets")
 	ovsdb.MarkFlagRequired("dir")
-	c.AddCommand(httpc, echo, ovsdb)
+	var bgpConfig string
+	bgpc := &cobra.Command{
+		Use:   "bgp",
+		Short: "Run a router's BGP speaker (GoBGP) in the current namespace",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The supervisor stops the speaker with SIGTERM; it must then
+			// close its sessions and remove its routes, so make sure the
+			// signal ends the context whoever calls Main.
+			ctx, stop := signal.NotifyContext(cmdContext(cmd), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve.BGP(ctx, bgpConfig, slog.New(slog.NewTextHandler(g.errw, nil)))
+		},
+	}
+	bgpc.Flags().StringVar(&bgpConfig, "config", "", "the router's bgp block as JSON (topology.BGP)")
+	bgpc.MarkFlagRequired("config")
+	c.AddCommand(httpc, echo, ovsdb, bgpc)
 	return c
+}
+
+func cmdContext(cmd *cobra.Command) context.Context {
+	if ctx := cmd.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
 }

@@ -54,12 +54,15 @@ func (t *Topology) Validate() error {
 	}
 	used := c.links()
 	c.region()
+	c.bgp()
 	if len(c.probs) == 0 {
 		// The rest checks the lab as it will be built, with the cloud
-		// declarations resolved; the new links are checked like written ones.
+		// declarations and the BGP speakers resolved; the new links are
+		// checked like written ones.
 		c.underlay()
 		if len(c.probs) == 0 && !t.expanded {
 			t.expand()
+			t.expandBGP()
 			c.links()
 		}
 	}

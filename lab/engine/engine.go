@@ -341,7 +341,7 @@ func (e *Engine) observe(ctx context.Context, drv *links.Driver, sup *service.Su
 		if n.OVS != nil {
 			states[i].OVSHash = ovs.Hash(ctx, n.OVS.Dir)
 		}
-		if n.Kind == "vrouter" { // the only kind with nat and snat
+		if k, _ := topology.KindOf(n.Kind); k.Forwarding { // routers: nat, snat, cgnat
 			if states[i].NAT, err = nat.List(ns, plan.NSMark(t.Name)); err != nil {
 				return fmt.Errorf("%s: %w", ns, err)
 			}

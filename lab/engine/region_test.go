@@ -31,13 +31,19 @@ import (
 // VM by the gateway. The lab is topologies/region.yaml under another name.
 
 func regionTopology(t *testing.T, lab string) *topology.Topology {
+	return labTopology(t, "region", lab)
+}
+
+// labTopology reads topologies/<name>.yaml as lab (the file's name: line
+// replaced, so a test never meets a lab someone brought up by hand).
+func labTopology(t *testing.T, name, lab string) *topology.Topology {
 	t.Helper()
-	b, err := os.ReadFile("../../topologies/region.yaml")
+	b, err := os.ReadFile("../../topologies/" + name + ".yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := regexp.MustCompile(`(?m)^name: region$`).ReplaceAllString(string(b), "name: "+lab)
-	tp, err := topology.Parse([]byte(src), "region.yaml")
+	src := regexp.MustCompile(`(?m)^name: `+name+`$`).ReplaceAllString(string(b), "name: "+lab)
+	tp, err := topology.Parse([]byte(src), name+".yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

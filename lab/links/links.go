@@ -509,3 +509,26 @@ func LabMarks(ns string) []string {
 }
 
 func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
+
+// SetLinkUp sets one interface of a namespace administratively up or down
+// (`labctl link down` cutting a cable, `up` mending it).
+func SetLinkUp(ns, iface string, up bool) error {
+	h, err := netns.Handle(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(iface)
+	if err != nil {
+		return fmt.Errorf("%s: %s: %w", ns, iface, err)
+	}
+	if up {
+		err = h.LinkSetUp(l)
+	} else {
+		err = h.LinkSetDown(l)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: set %s %s: %w", ns, iface, map[bool]string{true: "up", false: "down"}[up], err)
+	}
+	return nil
+}

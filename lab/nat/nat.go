@@ -89,6 +89,34 @@ func SourceNAT(src netip.Prefix, addr netip.Addr) []Rule {
 	}
 }
 
+// PoolNAT returns carrier-grade NAT: traffic from the subscriber range
+// inside leaves with a source from pool (every address of the prefix),
+// unless it stays inside. --persistent gives a subscriber the same public
+// address for all its connections, as RFC 6888 asks of a CGN.
+func PoolNAT(inside, pool netip.Prefix) []Rule {
+	inside = netip.PrefixFrom(inside.Addr().Unmap(), inside.Bits()).Masked()
+	pool = netip.PrefixFrom(pool.Addr().Unmap(), pool.Bits()).Masked()
+	to := pool.Addr().String()
+	if last := lastAddr(pool); last != pool.Addr() {
+		to += "-" + last.String()
+	}
+	return []Rule{
+		{Chain: "POSTROUTING", Args: []string{"-s", inside.String(), "!", "-d", inside.String(), "-j", "SNAT", "--to-source", to, "--persistent"}},
+	}
+}
+
+// lastAddr is the highest address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := range b {
+		if bit := p.Bits() - i*8; bit < 8 {
+			b[i] |= byte(0xff >> max(bit, 0))
+		}
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
 // List returns the rules in ns's nat table that carry mark, in table order
 // (chain by chain as `iptables -t nat -S` lists them: PREROUTING, INPUT,
 // OUTPUT, POSTROUTING, then user chains; rule order within a chain), in

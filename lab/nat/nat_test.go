@@ -61,6 +61,19 @@ func TestSourceNAT(t *testing.T) {
 	}
 }
 
+func TestPoolNAT(t *testing.T) {
+	for _, c := range []struct{ inside, pool, want string }{
+		{"100.64.0.0/24", "198.51.100.0/28", "POSTROUTING -s 100.64.0.0/24 ! -d 100.64.0.0/24 -j SNAT --to-source 198.51.100.0-198.51.100.15 --persistent"},
+		{"100.64.1.9/24", "198.51.100.64/26", "POSTROUTING -s 100.64.1.0/24 ! -d 100.64.1.0/24 -j SNAT --to-source 198.51.100.64-198.51.100.127 --persistent"},
+		{"100.64.0.0/10", "203.0.113.7/32", "POSTROUTING -s 100.64.0.0/10 ! -d 100.64.0.0/10 -j SNAT --to-source 203.0.113.7 --persistent"},
+	} {
+		got := PoolNAT(netip.MustParsePrefix(c.inside), netip.MustParsePrefix(c.pool))
+		if len(got) != 1 || got[0].String() != c.want {
+			t.Errorf("PoolNAT(%s, %s) = %q, want %q", c.inside, c.pool, strs(got), c.want)
+		}
+	}
+}
+
 func TestString(t *testing.T) {
 	r := Rule{Chain: "POSTROUTING", Args: []string{"-m", "foo", "--bar", "a b", "--baz", ""}}
 	if s, want := r.String(), `POSTROUTING -m foo --bar "a b" --baz ""`; s != want {
@@ -252,7 +265,8 @@ func TestSyncRoot(t *testing.T) {
 	a := OneToOne(pub, priv, netip.Prefix{})
 	b := OneToOne(netip.MustParseAddr("203.0.113.11"), netip.MustParseAddr("10.10.1.11"), netip.Prefix{})
 	snat := SourceNAT(netip.MustParsePrefix("10.10.1.0/24"), netip.MustParseAddr("198.51.100.1"))
-	want := slices.Concat(a, snat)
+	cgn := PoolNAT(netip.MustParsePrefix("100.64.0.0/24"), netip.MustParsePrefix("198.51.100.0/28"))
+	want := slices.Concat(a, snat, cgn)
 	mustSync(t, ns, mark, want, true)
 	mustSync(t, ns, mark, want, false)
 	if got, _ := List(ns, mark); !slices.EqualFunc(got, want, Rule.Equal) {

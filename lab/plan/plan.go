@@ -289,7 +289,7 @@ func EarlySysctls(n *topology.Node) map[string]string {
 }
 
 // NATRules is every NAT rule a node should have: each 1:1 translation, then
-// the VPC's source NAT.
+// the VPC's source NAT, then carrier-grade NAT.
 func NATRules(t *topology.Topology, n *topology.Node) []nat.Rule {
 	var out []nat.Rule
 	var inside netip.Prefix
@@ -301,6 +301,9 @@ func NATRules(t *topology.Topology, n *topology.Node) []nat.Rule {
 	}
 	if n.SNAT != "" && t.VPCs[n.VPC] != nil {
 		out = append(out, nat.SourceNAT(netip.MustParsePrefix(t.VPCs[n.VPC].CIDR), netip.MustParseAddr(n.SNAT))...)
+	}
+	if c := n.CGNAT; c != nil {
+		out = append(out, nat.PoolNAT(netip.MustParsePrefix(c.Inside), netip.MustParsePrefix(c.Pool))...)
 	}
 	// As nat.List reports them, so that a synced router compares equal;
 	// within a chain the order above is kept (1:1 SNATs before the VPC's).

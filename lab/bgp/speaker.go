@@ -276,6 +276,10 @@ func peerConf(cfg *topology.BGP, routerID string, n *topology.BGPNeighbor, o opt
 	if t == nil {
 		t = &topology.BGPTimers{}
 	}
+	local := o.address
+	if local == "" {
+		local = n.Local // the address the neighbor knows this router by
+	}
 	p := &api.Peer{
 		Conf: &api.PeerConf{NeighborAddress: n.Address, PeerAsn: n.ASN, LocalAsn: cfg.ASN},
 		Timers: &api.Timers{Config: &api.TimersConfig{
@@ -289,7 +293,7 @@ func peerConf(cfg *topology.BGP, routerID string, n *topology.BGPNeighbor, o opt
 		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: ipv4Unicast, Enabled: true}}},
 		Transport: &api.Transport{
 			RemotePort:   uint32(o.port),
-			LocalAddress: o.address,
+			LocalAddress: local,
 		},
 	}
 	if n.RouteReflectorClient {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +28,7 @@ type BGPBenchResult struct {
 	Converged time.Duration `json:"converged_ns"` // after up: all sessions established, all best paths in the kernels
 	Failover  time.Duration `json:"failover_ns"`  // link cut → the watched route moved to another next hop
 	Restore   time.Duration `json:"restore_ns"`   // link mended → the route back on its first next hop
+	Silent    time.Duration `json:"silent_ns"`    // link silently dropping everything (iptables) → the route moved: hold-timer detection
 	RSSKiB    []int         `json:"rss_kib"`      // VmRSS of each speaker, sorted
 	Down      time.Duration `json:"down_ns"`
 }
@@ -42,7 +44,10 @@ func benchBGPCmd(g *globals) *cobra.Command {
 every best path is in the kernel (polled every 20 ms), cut one link with
 'labctl link down' and time until the watched router's kernel route for
 the prefix moves to another next hop, mend the link and time until it is
-back, read each speaker's resident memory, and take the lab down.
+back. Then fail the same link silently (iptables DROP on both ends, the
+link stays up, so only the BGP hold timer can tell) and time the same
+move: the side-by-side baseline for fast external fallover. Finally read
+each speaker's resident memory and take the lab down.
 
 The defaults fit topologies/internet.yaml: cut c2–border1 (carrier A loses
 the cloud) and watch c2's route to 203.0.113.0/24.`,
@@ -72,20 +77,22 @@ the cloud) and watch c2's route to 203.0.113.0/24.`,
 			ctx := cmd.Context()
 			var out []BGPBenchResult
 			if g.format == "text" {
-				fmt.Fprintf(g.out, "%4s %9s %9s %10s %10s %10s %10s %16s\n", "RUN", "SPEAKERS", "SESSIONS", "UP", "CONVERGED", "FAILOVER", "RESTORE", "RSS MIN/MAX")
+				fmt.Fprintf(g.out, "%4s %9s %9s %10s %10s %10s %10s %10s %16s %10s\n", "RUN", "SPEAKERS", "SESSIONS", "UP", "CONVERGED", "FAILOVER", "RESTORE", "SILENT", "RSS MIN/MAX", "DOWN")
 			}
 			for r := 1; r <= runs; r++ {
 				time.Sleep(pause)
 				res, err := benchBGPRun(ctx, e, t, [2]topology.Endpoint{ea, eb}, watch, prefix)
+				t0 := time.Now()
 				derr := e.Down(context.WithoutCancel(ctx), t.Name)
+				res.Down = time.Since(t0)
 				if err != nil || derr != nil {
 					return fmt.Errorf("run %d: %v; down: %v", r, err, derr)
 				}
 				res.Run = r
 				out = append(out, res)
 				if g.format == "text" {
-					fmt.Fprintf(g.out, "%4d %9d %9d %10s %10s %10s %10s %7.1f/%.1f MiB\n", r, res.Speakers, res.Sessions, round(res.Up), round(res.Converged),
-						round(res.Failover), round(res.Restore), float64(res.RSSKiB[0])/1024, float64(res.RSSKiB[len(res.RSSKiB)-1])/1024)
+					fmt.Fprintf(g.out, "%4d %9d %9d %10s %10s %10s %10s %10s %7.1f/%.1f MiB %10s\n", r, res.Speakers, res.Sessions, round(res.Up), round(res.Converged),
+						round(res.Failover), round(res.Restore), round(res.Silent), float64(res.RSSKiB[0])/1024, float64(res.RSSKiB[len(res.RSSKiB)-1])/1024, round(res.Down))
 				}
 			}
 			if g.format == "json" {
@@ -161,6 +168,20 @@ func benchBGPRun(ctx context.Context, e *engine.Engine, t *topology.Topology, cu
 		return res, err
 	}
 	if res.Restore, err = timeUntil(func(v string) bool { return v == first }); err != nil {
+		return res, err
+	}
+	// The same link failing silently: it stays up and drops everything,
+	// so nothing but the hold timer notices.
+	for _, ep := range cut {
+		for _, rule := range [][]string{{"INPUT", "-i"}, {"OUTPUT", "-o"}, {"FORWARD", "-i"}, {"FORWARD", "-o"}} {
+			out, err := exec.Command("ip", "netns", "exec", topology.Namespace(t.Name, ep.Node),
+				"iptables", "-I", rule[0], rule[1], ep.Iface, "-j", "DROP").CombinedOutput()
+			if err != nil {
+				return res, fmt.Errorf("iptables in %s: %v: %s", ep.Node, err, out)
+			}
+		}
+	}
+	if res.Silent, err = timeUntil(func(v string) bool { return v != "" && v != first }); err != nil {
 		return res, err
 	}
 	recs, err := e.Supervisor(t.Name).Records()

@@ -52,8 +52,12 @@ type BGPNeighbor struct {
 	// neighbor (and from it to the other clients).
 	RouteReflectorClient bool `yaml:"route-reflector-client,omitempty" json:"route_reflector_client,omitempty"`
 
-	// Node is the lab node holding Address (resolved by expand).
-	Node string `yaml:"-" json:"node,omitempty"`
+	// Node is the lab node holding Address, and Local the address of
+	// this router that Node's entry names: the session's source, so that
+	// the peer recognises it even when it is not the outgoing interface's
+	// (resolved by expand).
+	Node  string `yaml:"-" json:"node,omitempty"`
+	Local string `yaml:"-" json:"local,omitempty"`
 }
 
 // BGPTimers are a speaker's session timers, in whole seconds. Short
@@ -569,6 +573,15 @@ func (t *Topology) expandBGP() {
 		for _, nb := range b.Neighbors {
 			if a, err := netip.ParseAddr(nb.Address); err == nil {
 				nb.Node = holders[a]
+			}
+			nb.Local = ""
+			if p := t.Nodes[nb.Node]; p != nil && p.BGP != nil {
+				for _, back := range p.BGP.Neighbors {
+					if a, err := netip.ParseAddr(back.Address); err == nil && ownAddr(n, a) {
+						nb.Local = a.String()
+						break
+					}
+				}
 			}
 		}
 		sock := BGPSocket(t.Name, name)

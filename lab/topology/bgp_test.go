@@ -67,18 +67,19 @@ func TestBGPExpands(t *testing.T) {
 	sec := func(n int) Duration { return Duration(time.Duration(n) * time.Second) }
 	want := map[string]*BGP{
 		"a1": {ASN: 64500, RouterID: "10.0.0.1", Networks: []string{"203.0.113.0/24"}, Export: ExportOwn,
-			Neighbors: []*BGPNeighbor{{Address: "192.0.2.2", ASN: 64500, Node: "a2"}},
+			Neighbors: []*BGPNeighbor{{Address: "192.0.2.2", ASN: 64500, Node: "a2", Local: "10.0.0.1"}},
 			Timers:    &BGPTimers{ConnectRetry: sec(DefaultRetry), Hold: sec(9), Keepalive: sec(DefaultKeepalive)},
 			Own:       []string{"192.0.2.0/24", "203.0.113.0/24"}},
 		"a2": {ASN: 64500, RouterID: "10.0.0.2", Networks: []string{"203.0.113.0/24", "192.0.2.0/24"}, Export: ExportOwn,
 			Neighbors: []*BGPNeighbor{
-				{Address: "10.0.0.1", ASN: 64500, NextHopSelf: true, Node: "a1"},
-				{Address: "198.51.100.2", ASN: 64501, Node: "b1"},
+				// a1 knows a2 by its loopback: the session starts from there.
+				{Address: "10.0.0.1", ASN: 64500, NextHopSelf: true, Node: "a1", Local: "192.0.2.2"},
+				{Address: "198.51.100.2", ASN: 64501, Node: "b1", Local: "198.51.100.1"},
 			},
 			Timers: &BGPTimers{ConnectRetry: sec(DefaultRetry), Hold: sec(DefaultHold), Keepalive: sec(DefaultKeepalive)},
 			Own:    []string{"192.0.2.0/24", "203.0.113.0/24"}},
 		"b1": {ASN: 64501, RouterID: "192.0.2.99", Networks: []string{"198.18.0.0/15"}, Export: ExportAll,
-			Neighbors: []*BGPNeighbor{{Address: "198.51.100.1", ASN: 64500, Node: "a2"}},
+			Neighbors: []*BGPNeighbor{{Address: "198.51.100.1", ASN: 64500, Node: "a2", Local: "198.51.100.2"}},
 			Timers:    &BGPTimers{ConnectRetry: sec(DefaultRetry), Hold: sec(DefaultHold), Keepalive: sec(DefaultKeepalive)}},
 	}
 	for _, name := range []string{"a1", "a2", "b1"} {

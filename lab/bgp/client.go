@@ -82,6 +82,21 @@ func Dial(ctx context.Context, addr string) (*Client, error) {
 	return c, nil
 }
 
+// recvAll reads a server stream to its end.
+func recvAll[T any](recv func() (T, error)) ([]T, error) {
+	var out []T
+	for {
+		r, err := recv()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+}
+
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
@@ -91,16 +106,13 @@ func (c *Client) Neighbors(ctx context.Context) ([]Neighbor, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []Neighbor
-	for {
-		r, err := st.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, toNeighbor(r.Peer, time.Now()))
+	rs, err := recvAll(st.Recv)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Neighbor, len(rs))
+	for i, r := range rs {
+		out[i] = toNeighbor(r.Peer, time.Now())
 	}
 	sort.Slice(out, func(i, j int) bool { return addrLess(out[i].Address, out[j].Address) })
 	return out, nil
@@ -171,16 +183,13 @@ func (c *Client) list(ctx context.Context, req *api.ListPathRequest) ([]Path, er
 	if err != nil {
 		return nil, err
 	}
-	var dsts []*api.Destination
-	for {
-		r, err := st.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		dsts = append(dsts, r.Destination)
+	rs, err := recvAll(st.Recv)
+	if err != nil {
+		return nil, err
+	}
+	dsts := make([]*api.Destination, len(rs))
+	for i, r := range rs {
+		dsts[i] = r.Destination
 	}
 	return toPaths(dsts), nil
 }

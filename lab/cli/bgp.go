@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -111,10 +112,10 @@ func bgpNode(out io.Writer, t *topology.Topology, s *engine.Speaker, what string
 	if s.Error != "" {
 		return fmt.Errorf("%s: %s", s.Node, s.Error)
 	}
-	owner := addressOwners(t)
+	owner := t.IPv4Owners()
 	name := func(addr string) string {
-		if n := owner[addr]; n != "" {
-			return addr + " (" + n + ")"
+		if a, err := netip.ParseAddr(addr); err == nil && owner[a] != "" {
+			return addr + " (" + owner[a] + ")"
 		}
 		return addr
 	}
@@ -172,21 +173,4 @@ func asPath(p []uint32) string {
 		s[i] = fmt.Sprint(a)
 	}
 	return strings.Join(s, " ")
-}
-
-// addressOwners maps each address written in the topology to its node.
-func addressOwners(t *topology.Topology) map[string]string {
-	out := map[string]string{}
-	for _, n := range t.NodeNames() {
-		for _, ifc := range t.Nodes[n].Interfaces {
-			if ifc == nil {
-				continue
-			}
-			for _, a := range ifc.Addresses {
-				ip, _, _ := strings.Cut(a, "/")
-				out[ip] = n
-			}
-		}
-	}
-	return out
 }

@@ -22,19 +22,6 @@ import (
 // reach it, and cutting one carrier's link moves the traffic to the other.
 // The lab is topologies/internet.yaml under another name.
 
-// owners maps every address of the topology to its node.
-func owners(tp *topology.Topology) map[netip.Addr]string {
-	out := map[netip.Addr]string{}
-	for _, n := range tp.NodeNames() {
-		for _, ifc := range tp.Nodes[n].Interfaces {
-			for _, a := range ifc.Addresses {
-				out[netip.MustParsePrefix(a).Addr()] = n
-			}
-		}
-	}
-	return out
-}
-
 // traceroute returns the nodes a UDP traceroute from node to dst passes,
 // by the address each hop answered from.
 func traceroute(t *testing.T, lab, node, dst string, who map[netip.Addr]string) []string {
@@ -99,18 +86,9 @@ func TestInternet(t *testing.T) {
 	before := rootSnapshot(t)
 	lab := labName(t, "inet")
 	tp := labTopology(t, "internet", lab)
-	who := owners(tp)
-	e := newEngine(false)
+	who := tp.IPv4Owners()
+	e, downed := upForTest(t, tp)
 	ctx := context.Background()
-	if _, err := e.Up(ctx, tp); err != nil {
-		t.Fatal(err)
-	}
-	downed := false
-	t.Cleanup(func() {
-		if !downed {
-			e.Down(context.Background(), lab)
-		}
-	})
 	sp, took, err := e.WaitBGP(ctx, lab, time.Minute)
 	if err != nil {
 		for _, s := range sp {
@@ -304,9 +282,13 @@ func TestInternet(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		for _, s := range []string{"198.51.100.34 (border1)", "established", "*>", cloud, "64500", "proto bgp"} {
-			if !strings.Contains(string(out), s) {
-				t.Errorf("labctl bgp c2 lacks %q:\n%s", s, out)
+		for _, re := range []string{
+			`198\.51\.100\.34 \(border1\)\s+64500\s+ebgp\s+established`,           // the session
+			`\*>\s+203\.0\.113\.0/24\s+198\.51\.100\.34\s+64500\s`,                // the best path
+			`\n203\.0\.113\.0/24\s+198\.51\.100\.34 \(border1\)\s+border1\s+20\n`, // the kernel route
+		} {
+			if !regexp.MustCompile(re).Match(out) {
+				t.Errorf("labctl bgp c2 has no line matching %s:\n%s", re, out)
 			}
 		}
 		out, err = exec.Command(labctlBin, "bgp", "--wait", "30s", "--format", "json", "--lab", lab).Output()
@@ -330,7 +312,7 @@ func TestInternet(t *testing.T) {
 	})
 
 	downClean(t, e, lab, "after the internet test")
-	downed = true
+	*downed = true
 	if after := rootSnapshot(t); after != before {
 		t.Errorf("root namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}

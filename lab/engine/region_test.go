@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"labctl/lab/engine"
 	"labctl/lab/netns"
 	"labctl/lab/packets"
 	"labctl/lab/serve"
@@ -122,6 +123,23 @@ func capture(t *testing.T, lab, node, iface, filter string, fn func()) []packets
 	return pk
 }
 
+// upForTest brings tp up and takes it down when the test ends, unless the
+// test sets *downed after taking it down itself.
+func upForTest(t *testing.T, tp *topology.Topology) (e *engine.Engine, downed *bool) {
+	t.Helper()
+	e = newEngine(false)
+	if _, err := e.Up(context.Background(), tp); err != nil {
+		t.Fatal(err)
+	}
+	downed = new(bool)
+	t.Cleanup(func() {
+		if !*downed {
+			e.Down(context.Background(), tp.Name)
+		}
+	})
+	return e, downed
+}
+
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // foreignOVS starts an Open vSwitch that is not the lab's (standing in for
@@ -189,17 +207,8 @@ func TestRegion(t *testing.T) {
 	_, foreignAlive := foreignOVS(t)
 	lab := labName(t, "reg")
 	tp := regionTopology(t, lab)
-	e := newEngine(false)
+	e, downed := upForTest(t, tp)
 	ctx := context.Background()
-	if _, err := e.Up(ctx, tp); err != nil {
-		t.Fatal(err)
-	}
-	downed := false
-	t.Cleanup(func() {
-		if !downed {
-			e.Down(context.Background(), lab)
-		}
-	})
 
 	t.Run("same subnet across hosts rides VXLAN with the VPC's VNI", func(t *testing.T) {
 		pk := capture(t, lab, "az1-h1", "eth0", "udp port 4789", func() {
@@ -332,7 +341,7 @@ func TestRegion(t *testing.T) {
 	if err := e.Down(ctx, lab); err != nil {
 		t.Fatal(err)
 	}
-	downed = true
+	*downed = true
 	// Every daemon of the lab is gone: no process names the lab's OVS dir.
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {

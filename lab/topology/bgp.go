@@ -100,7 +100,7 @@ var carrierSpace = netip.MustParsePrefix(CarrierSpace)
 // (defaults, the speaker's service) passes these checks.
 func (c *checker) bgp() {
 	t := c.t
-	holders := t.ipv4Holders()
+	holders := t.IPv4Owners()
 	for _, name := range t.NodeNames() {
 		n := t.Nodes[name]
 		if n.BGP != nil {
@@ -371,9 +371,9 @@ func (c *checker) routerIDs() {
 	}
 }
 
-// ipv4Holders maps every IPv4 interface address of the lab to its node (the
+// IPv4Owners maps every IPv4 interface address of the lab to its node (the
 // first by name when an address is written twice).
-func (t *Topology) ipv4Holders() map[netip.Addr]string {
+func (t *Topology) IPv4Owners() map[netip.Addr]string {
 	out := map[netip.Addr]string{}
 	for _, name := range t.NodeNames() {
 		n := t.Nodes[name]
@@ -524,7 +524,7 @@ func defaultRouterID(n *Node) (netip.Addr, bool) {
 // the resolved block as its configuration. Running it again changes
 // nothing.
 func (t *Topology) expandBGP() {
-	holders := t.ipv4Holders()
+	holders := t.IPv4Owners()
 	own := map[uint32][]netip.Prefix{}
 	for _, name := range t.NodeNames() {
 		if b := t.Nodes[name].BGP; b != nil {

@@ -21,6 +21,8 @@ type Topology struct {
 	Links []*Link          `yaml:"links" json:"links,omitempty"`
 	// VPCs are the cloud region's virtual networks (see region.go).
 	VPCs map[string]*VPC `yaml:"vpcs,omitempty" json:"vpcs,omitempty"`
+	// Zones are the lab's DNS zones by name, "." for the root (see dns.go).
+	Zones map[string]*Zone `yaml:"zones,omitempty" json:"zones,omitempty"`
 
 	// File is the path the topology was read from ("" when generated).
 	File     string `yaml:"-" json:"-"`
@@ -49,6 +51,10 @@ type Node struct {
 	// The internet (kind router; see bgp.go).
 	BGP   *BGP   `yaml:"bgp,omitempty" json:"bgp,omitempty"`     // a BGP speaker
 	CGNAT *CGNAT `yaml:"cgnat,omitempty" json:"cgnat,omitempty"` // carrier-grade NAT of subscribers
+
+	// The DNS world (see dns.go); a node serving zones is named in their ns.
+	Resolver *Resolver `yaml:"resolver,omitempty" json:"resolver,omitempty"` // a caching recursive resolver
+	HTTPDNS  *HTTPDNS  `yaml:"httpdns,omitempty" json:"httpdns,omitempty"`   // an HTTPDNS endpoint
 
 	// OVS is an ovs-host's switch configuration, resolved from the VPCs
 	// and the nodes attached to it.

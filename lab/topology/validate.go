@@ -55,6 +55,7 @@ func (t *Topology) Validate() error {
 	used := c.links()
 	c.region()
 	c.bgp()
+	c.dns()
 	if len(c.probs) == 0 {
 		// The rest checks the lab as it will be built, with the cloud
 		// declarations and the BGP speakers resolved; the new links are
@@ -63,6 +64,7 @@ func (t *Topology) Validate() error {
 		if len(c.probs) == 0 && !t.expanded {
 			t.expand()
 			t.expandBGP()
+			t.expandDNS()
 			c.links()
 		}
 	}

@@ -45,7 +45,7 @@ go_want="$(awk '$1 == "go" { print $2; exit }' "$gomod")"
 [ -n "$go_want" ] || die "no go directive in $gomod"
 
 packages=(iproute2 tcpdump ethtool iptables nftables conntrack iputils-ping curl
-	openvswitch-switch iperf3 jq traceroute
+	openvswitch-switch iperf3 jq traceroute dnsutils
 	sudo make ca-certificates git bash-completion)
 # Mininet for the benchmark comparison; its lxbr switch needs brctl, and bc does the sums.
 [ "$with_mininet" = 1 ] && packages+=(mininet bridge-utils bc)

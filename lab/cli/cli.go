@@ -84,7 +84,7 @@ Everything labctl does to the kernel needs root.`,
 		return nil
 	}
 	root.AddCommand(upCmd(g), downCmd(g), planCmd(g), statusCmd(g), inspectCmd(g), execCmd(g), ovsCmd(g),
-		linkCmd(g), bgpCmd(g), captureCmd(g), logsCmd(g), doctorCmd(g), genCmd(g), benchCmd(g), serveCmd(g))
+		linkCmd(g), bgpCmd(g), digCmd(g), captureCmd(g), logsCmd(g), doctorCmd(g), genCmd(g), benchCmd(g), serveCmd(g))
 	return root
 }
 

@@ -63,7 +63,20 @@ func serveCmd(g *globals) *cobra.Command {
 	}
 	bgpc.Flags().StringVar(&bgpConfig, "config", "", "the router's bgp block as JSON (topology.BGP)")
 	bgpc.MarkFlagRequired("config")
-	c.AddCommand(httpc, echo, ovsdb, bgpc)
+	var dnsConfig string
+	dnsc := &cobra.Command{
+		Use:   "dns",
+		Short: "Serve a node's DNS role: authoritative zones and GSLB, a recursive resolver, HTTPDNS",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmdContext(cmd), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve.DNS(ctx, dnsConfig, slog.New(slog.NewTextHandler(g.errw, nil)))
+		},
+	}
+	dnsc.Flags().StringVar(&dnsConfig, "config", "", "what the node serves as JSON (dns.Config)")
+	dnsc.MarkFlagRequired("config")
+	c.AddCommand(httpc, echo, ovsdb, bgpc, dnsc)
 	return c
 }
 

@@ -381,9 +381,17 @@ func (b *Balancer) record(t *gslbTarget, err error) {
 	if up {
 		state = "up"
 	}
-	attrs := []any{"address", t.addr.String(), "region", t.region, "state", state, "first_check", first}
+	attrs := []any{"address", t.addr.String(), "region", t.region, "state", state}
 	if err != nil {
 		attrs = append(attrs, "error", err.Error())
+	}
+	if !changed {
+		// The first check of an address that stays up: say how it went.
+		if err != nil {
+			attrs = append(attrs, "failures", t.fails, "down_after", b.check.Fall)
+		}
+		b.log.Info("gslb: first check", attrs...)
+		return
 	}
 	b.log.Info("gslb: health changed", attrs...)
 }

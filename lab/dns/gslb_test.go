@@ -153,7 +153,7 @@ func TestGSLBStateMachine(t *testing.T) {
 		t.Errorf("counters: %v", st.Strings())
 	}
 	if lr.count("health changed", "address", "198.51.100.1", "state", "down", "region", "west", "error", "connection refused") != 1 ||
-		lr.count("health changed", "state", "up") != 2 {
+		lr.count("health changed", "state", "up") != 1 || lr.count("first check", "state", "up") != 1 {
 		t.Errorf("transition logs: %v", lr.recs)
 	}
 

@@ -219,7 +219,7 @@ func loadFrom(ctx context.Context, ns, server, name string, rd bool, conns int, 
 	}()
 	err := netns.Do(ns, func() error {
 		for range conns {
-			c, err := net.Dial("udp", net.JoinHostPort(server, fmt.Sprint(dns.Port)))
+			c, err := net.Dial("udp", dns.HostPort(server))
 			if err != nil {
 				return err
 			}

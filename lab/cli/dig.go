@@ -94,7 +94,7 @@ dig tool:  labctl exec NODE -- dig NAME`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			out := digResult(rec.Topology, lab, args[0], server, res)
+			out := digResult(rec.Topology, lab, args[0], server, mdns.Fqdn(name), qtype, res)
 			if g.format == "json" {
 				return g.json(out)
 			}
@@ -120,10 +120,9 @@ func dig(ctx context.Context, ns, server, name string, qtype uint16, o dns.Query
 	return res, err
 }
 
-func digResult(t *topology.Topology, lab, node, server string, res *dns.Result) *DigResult {
+func digResult(t *topology.Topology, lab, node, server, name string, qtype uint16, res *dns.Result) *DigResult {
 	m := res.Msg
-	out := &DigResult{Lab: lab, Node: node, Server: server, Name: m.Question[0].Name,
-		Type: mdns.TypeToString[m.Question[0].Qtype], Rcode: mdns.RcodeToString[m.Rcode],
+	out := &DigResult{Lab: lab, Node: node, Server: server, Name: name, Type: mdns.Type(qtype).String(), Rcode: dns.RcodeName(m.Rcode),
 		Answer: []string{}, Addresses: []string{}, RTT: ms(res.RTT), TCP: res.TCP, Trace: res.Trace}
 	if a, err := netip.ParseAddr(server); err == nil && t != nil {
 		out.ServerNode = t.IPv4Owners()[a]

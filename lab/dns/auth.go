@@ -19,9 +19,11 @@ const maxCNAMEHops = 8
 // DNS flag day 2020 value, which avoids IP fragmentation).
 const ednsUDPSize = 1232
 
-// Authority answers from its zones as an authoritative server (RFC 1034
-// 4.3.2): answers with AA set, referrals at delegations, NXDOMAIN and
-// NODATA with the zone's SOA, and GSLB names by the asker's location.
+// Authority answers from its zones as an authoritative server, after RFC
+// 1034 4.3.2 without wildcards (step 3c is not implemented: the topology
+// validator rejects "*" owners): answers with AA set, referrals at
+// delegations, NXDOMAIN and NODATA with the zone's SOA, and GSLB names by
+// the asker's location.
 type Authority struct {
 	zones []*zone // longest origin first
 	st    *Counters
@@ -117,7 +119,8 @@ func (a *Authority) zoneFor(name string) *zone {
 
 // Answer answers req, a query of class IN with one question, for client.
 // An EDNS0 client subnet in req (RFC 7871) stands in for client when the
-// GSLB picks a region, and is echoed with the scope of the rule used.
+// GSLB picks a region, and is echoed (RFC 7871 7.2.1) with a scope equal
+// to its source prefix when a GSLB tailored the answer, 0 otherwise.
 func (a *Authority) Answer(ctx context.Context, req *mdns.Msg, client netip.Addr) *mdns.Msg {
 	resp := new(mdns.Msg).SetReply(req)
 	if len(req.Question) != 1 {
@@ -130,19 +133,23 @@ func (a *Authority) Answer(ctx context.Context, req *mdns.Msg, client netip.Addr
 	if !useECS {
 		sel = client
 	}
-	scope := 0
+	tailored := false
 	z := a.zoneFor(Fqdn(q.Name))
 	if z == nil || q.Qclass != mdns.ClassINET {
 		resp.Rcode = mdns.RcodeRefused
 		a.st.Add("refused", 1)
 	} else {
-		scope = a.lookup(resp, z, q.Name, q.Qtype, sel)
+		tailored = a.lookup(resp, z, q.Name, q.Qtype, sel)
 	}
 	if ecs != nil {
 		echo := *ecs
-		echo.SourceScope = 0 // a source prefix of 0 asks for an answer good for all
-		if useECS {
-			echo.SourceScope = uint8(scope)
+		// Scope 0 says the answer is good for every client. A GSLB answer
+		// is good for the client's subnet only: neither the matched rule's
+		// prefix (a more specific rule may sit inside it) nor 0 for Default
+		// would stop a caching ECS resolver handing it to other subnets.
+		echo.SourceScope = 0
+		if useECS && tailored {
+			echo.SourceScope = ecs.SourceNetmask
 		}
 		resp.SetEdns0(ednsUDPSize, false)
 		opt := resp.IsEdns0()
@@ -184,13 +191,13 @@ func clientSubnet(req *mdns.Msg) (*mdns.EDNS0_SUBNET, netip.Addr) {
 }
 
 // lookup fills resp from zone z for qname and qtype (RFC 1034 4.3.2
-// step 3) and returns the ECS scope of the answer: the prefix length of
-// the GSLB rule used, 0 otherwise.
-func (a *Authority) lookup(resp *mdns.Msg, z *zone, qname string, qtype uint16, client netip.Addr) int {
+// step 3, without the wildcards of 3c) and reports whether a GSLB
+// tailored the answer to client.
+func (a *Authority) lookup(resp *mdns.Msg, z *zone, qname string, qtype uint16, client netip.Addr) bool {
 	name := Fqdn(qname)
 	if cut := z.cut(name, qtype); cut != "" {
 		a.referral(resp, z, cut)
-		return 0
+		return false
 	}
 	resp.Authoritative = true
 	visited := make([]string, 0, 4)
@@ -209,7 +216,7 @@ func (a *Authority) lookup(resp *mdns.Msg, z *zone, qname string, qtype uint16, 
 			resp.Rcode = mdns.RcodeNameError
 			resp.Ns = append(resp.Ns, z.negativeSOA())
 			a.st.Add("nxdomain", 1)
-			return 0
+			return false
 		}
 		if qtype == mdns.TypeANY {
 			for _, t := range n.types {
@@ -237,10 +244,10 @@ func (a *Authority) lookup(resp *mdns.Msg, z *zone, qname string, qtype uint16, 
 	if nodata {
 		resp.Ns = append(resp.Ns, z.negativeSOA())
 		a.st.Add("nodata", 1)
-		return 0
+		return false
 	}
 	a.st.Add("answers", 1)
-	return 0
+	return false
 }
 
 // referral answers with the delegation at cut: its NS RRset in the
@@ -262,14 +269,15 @@ func (a *Authority) referral(resp *mdns.Msg, z *zone, cut string) {
 }
 
 // gslbAnswer answers a GSLB name: A records of the addresses the
-// balancer selects for client, NODATA for any other type.
-func (a *Authority) gslbAnswer(resp *mdns.Msg, z *zone, owner string, qtype uint16, client netip.Addr) int {
+// balancer selects for client, NODATA for any other type. It reports
+// whether the answer was tailored to client (an A answer).
+func (a *Authority) gslbAnswer(resp *mdns.Msg, z *zone, owner string, qtype uint16, client netip.Addr) bool {
 	if qtype != mdns.TypeA {
 		resp.Ns = append(resp.Ns, z.negativeSOA())
 		a.st.Add("nodata", 1)
-		return 0
+		return false
 	}
-	addrs, region, scope := z.gslb.Select(client)
+	addrs, region := z.gslb.Select(client)
 	for _, ad := range addrs {
 		resp.Answer = append(resp.Answer, &mdns.A{
 			Hdr: mdns.RR_Header{Name: owner, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: z.gslb.ttl},
@@ -279,5 +287,5 @@ func (a *Authority) gslbAnswer(resp *mdns.Msg, z *zone, owner string, qtype uint
 	a.st.Add("answers", 1)
 	a.st.Add("gslb_answers", 1)
 	a.st.Add("gslb_region_"+region, 1)
-	return scope
+	return true
 }

@@ -194,10 +194,10 @@ func ask(t *testing.T, a *Authority, name string, qtype uint16) *mdns.Msg {
 	req := query(name, qtype)
 	r := a.Answer(context.Background(), req, someClient)
 	if r == nil || r.Id != req.Id || !r.Response {
-		t.Fatalf("%s %s: bad reply %v", name, typeName(qtype), r)
+		t.Fatalf("%s %s: bad reply %v", name, mdns.Type(qtype).String(), r)
 	}
 	if _, err := r.Pack(); err != nil {
-		t.Fatalf("%s %s: reply does not pack: %v", name, typeName(qtype), err)
+		t.Fatalf("%s %s: reply does not pack: %v", name, mdns.Type(qtype).String(), err)
 	}
 	return r
 }
@@ -215,7 +215,7 @@ func rrs(list []mdns.RR) []string {
 func names(list []mdns.RR) []string {
 	var out []string
 	for _, rr := range list {
-		out = append(out, rr.Header().Name+" "+typeName(rr.Header().Rrtype))
+		out = append(out, rr.Header().Name+" "+mdns.Type(rr.Header().Rrtype).String())
 	}
 	return out
 }
@@ -223,7 +223,7 @@ func names(list []mdns.RR) []string {
 func wantRcode(t *testing.T, r *mdns.Msg, rcode int) {
 	t.Helper()
 	if r.Rcode != rcode {
-		t.Fatalf("rcode %s, want %s\n%v", rcodeName(r.Rcode), rcodeName(rcode), r)
+		t.Fatalf("rcode %s, want %s\n%v", RcodeName(r.Rcode), RcodeName(rcode), r)
 	}
 }
 
@@ -299,7 +299,7 @@ func TestAuthorityReferral(t *testing.T) {
 	for _, qt := range []uint16{mdns.TypeA, mdns.TypeNS, mdns.TypeSOA} {
 		r = ask(t, testOnly, "www.shop.test.", qt)
 		if r.Authoritative || r.Rcode != mdns.RcodeSuccess || len(r.Answer) != 0 {
-			t.Errorf("www.shop.test. %s: not a referral: %v", typeName(qt), r)
+			t.Errorf("www.shop.test. %s: not a referral: %v", mdns.Type(qt).String(), r)
 		}
 		if got, want := names(r.Ns), []string{"shop.test. NS", "shop.test. NS"}; !slices.Equal(got, want) {
 			t.Errorf("authority %v, want %v", got, want)
@@ -487,8 +487,9 @@ func TestAuthorityGSLB(t *testing.T) {
 		t.Errorf("an OPT in the reply to a query without one")
 	}
 
-	// An ECS option stands in for the client, and is echoed with the
-	// scope of the rule.
+	// An ECS option stands in for the client, and a GSLB answer echoes it
+	// with a scope of its source prefix (RFC 7871): never the rule's
+	// prefix, which may hold more specific rules, nor 0 for Default.
 	ecsQuery := func(prefix string) *mdns.Msg {
 		m := query("www.gslb.shop.test.", mdns.TypeA)
 		m.SetEdns0(1232, false)
@@ -505,12 +506,13 @@ func TestAuthorityGSLB(t *testing.T) {
 		addrs  []string
 		scope  uint8
 	}{
-		{"10.1.2.0/24", []string{"198.51.100.1"}, 16},
-		{"10.200.0.0/24", []string{"203.0.113.1", "203.0.113.2"}, 8},
-		{"100.100.100.0/24", []string{"192.0.2.1"}, 10},
+		{"10.1.2.0/24", []string{"198.51.100.1"}, 24},
+		{"10.200.0.0/24", []string{"203.0.113.1", "203.0.113.2"}, 24}, // the /8 rule holds the /16 one
+		{"10.0.0.0/12", []string{"203.0.113.1", "203.0.113.2"}, 12},
+		{"100.100.100.0/24", []string{"192.0.2.1"}, 24},
 		{"172.16.0.1/32", []string{"192.0.2.1"}, 32},
-		{"8.8.8.0/24", []string{"203.0.113.1", "203.0.113.2"}, 0},
-		{"0.0.0.0/0", []string{"198.51.100.1"}, 0}, // ECS declined: the client's own address, scope 0
+		{"8.8.8.0/24", []string{"203.0.113.1", "203.0.113.2"}, 24}, // Default: still this subnet only
+		{"0.0.0.0/0", []string{"198.51.100.1"}, 0},                 // ECS declined: the client's own address, scope 0
 	} {
 		r = a.Answer(context.Background(), ecsQuery(c.prefix), netip.MustParseAddr("10.1.0.53"))
 		var got []string

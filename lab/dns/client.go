@@ -50,7 +50,7 @@ func Query(ctx context.Context, server, name string, qtype uint16, o QueryOption
 		opt := m.IsEdns0()
 		opt.Option = append(opt.Option, &mdns.EDNS0_LOCAL{Code: TraceOption})
 	}
-	addr := hostPort(server)
+	addr := HostPort(server)
 	c := &mdns.Client{Net: "udp", Timeout: o.Timeout, UDPSize: 4096}
 	o.TCP = o.TCP || o.Trace
 	res := &Result{TCP: o.TCP}
@@ -134,8 +134,8 @@ func chaos(ctx context.Context, server, name string) ([]string, error) {
 	return out, nil
 }
 
-// hostPort adds the DNS port to an address that has none.
-func hostPort(server string) string {
+// HostPort adds the DNS port to an address that has none.
+func HostPort(server string) string {
 	if _, _, err := net.SplitHostPort(server); err == nil {
 		return server
 	}

@@ -85,7 +85,7 @@ type ResolverConfig struct {
 	// allows everyone.
 	Allow []string `json:"allow,omitempty"`
 	// MaxTTL caps what is cached, NegativeTTL caps negative answers
-	// (RFC 2308 takes the SOA minimum otherwise).
+	// (which RFC 2308 keeps for the lesser of the SOA's TTL and minimum).
 	MaxTTL      Duration `json:"max_ttl,omitempty"`
 	NegativeTTL Duration `json:"negative_ttl,omitempty"`
 	// ClientSubnet sends the client's address upstream as an EDNS0 client

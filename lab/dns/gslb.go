@@ -242,15 +242,18 @@ func (b *Balancer) TTL() uint32 { return b.ttl }
 // Select returns the addresses to answer client with: the healthy
 // addresses, in configuration order, of the first region with any in the
 // order of the rule with the longest prefix holding client (Default when
-// none does). scope is that prefix's length, 0 for Default. When no
-// region of the order has a healthy address, Select fails open with every
-// address of the first region.
-func (b *Balancer) Select(client netip.Addr) (addrs []netip.Addr, region string, scope int) {
+// none does). When no region of the order has a healthy address, Select
+// fails open with every address of the first region.
+//
+// The answer is tailored to client alone: a rule's prefix is no ECS scope
+// (a more specific rule may sit inside it, and Default covers what no rule
+// does), so the Authority echoes the query's source prefix as the scope.
+func (b *Balancer) Select(client netip.Addr) (addrs []netip.Addr, region string) {
 	client = client.Unmap()
 	order := b.def
 	for _, r := range b.rules {
 		if r.prefix.Contains(client) {
-			order, scope = r.order, r.prefix.Bits()
+			order = r.order
 			break
 		}
 	}
@@ -267,7 +270,7 @@ func (b *Balancer) Select(client netip.Addr) (addrs []netip.Addr, region string,
 				b.failOpen = false
 				b.log.Info("gslb: a region is healthy again, no longer failing open", "region", r.name)
 			}
-			return addrs, r.name, scope
+			return addrs, r.name
 		}
 	}
 	first := order[0]
@@ -279,7 +282,7 @@ func (b *Balancer) Select(client netip.Addr) (addrs []netip.Addr, region string,
 		b.failOpen = true
 		b.log.Warn("gslb: no healthy address in any region, failing open", "region", first.name, "client", client.String())
 	}
-	return addrs, first.name, scope
+	return addrs, first.name
 }
 
 // Status is the health of every address, in configuration order.

@@ -50,20 +50,19 @@ func TestGSLBSelectRules(t *testing.T) {
 		client string
 		addrs  []string
 		region string
-		scope  int
 	}{
-		{"10.2.3.4", []string{"203.0.113.1", "203.0.113.2"}, "east", 8},
-		{"10.1.2.3", []string{"198.51.100.1"}, "west", 16}, // the /16 beats the /8
-		{"100.64.1.1", []string{"192.0.2.1"}, "south", 10},
-		{"172.16.0.1", []string{"192.0.2.1"}, "south", 32}, // a bare address is a /32
-		{"172.16.0.2", []string{"203.0.113.1", "203.0.113.2"}, "east", 0},
-		{"8.8.8.8", []string{"203.0.113.1", "203.0.113.2"}, "east", 0},
-		{"::ffff:10.1.0.1", []string{"198.51.100.1"}, "west", 16},
-		{"2001:db8::1", []string{"203.0.113.1", "203.0.113.2"}, "east", 0},
+		{"10.2.3.4", []string{"203.0.113.1", "203.0.113.2"}, "east"},
+		{"10.1.2.3", []string{"198.51.100.1"}, "west"}, // the /16 beats the /8
+		{"100.64.1.1", []string{"192.0.2.1"}, "south"},
+		{"172.16.0.1", []string{"192.0.2.1"}, "south"}, // a bare address is a /32
+		{"172.16.0.2", []string{"203.0.113.1", "203.0.113.2"}, "east"},
+		{"8.8.8.8", []string{"203.0.113.1", "203.0.113.2"}, "east"},
+		{"::ffff:10.1.0.1", []string{"198.51.100.1"}, "west"},
+		{"2001:db8::1", []string{"203.0.113.1", "203.0.113.2"}, "east"},
 	} {
-		addrs, region, scope := b.Select(netip.MustParseAddr(c.client))
-		if got := addrStrings(addrs); !slices.Equal(got, c.addrs) || region != c.region || scope != c.scope {
-			t.Errorf("Select(%s) = %v %s /%d, want %v %s /%d", c.client, got, region, scope, c.addrs, c.region, c.scope)
+		addrs, region := b.Select(netip.MustParseAddr(c.client))
+		if got := addrStrings(addrs); !slices.Equal(got, c.addrs) || region != c.region {
+			t.Errorf("Select(%s) = %v %s, want %v %s", c.client, got, region, c.addrs, c.region)
 		}
 	}
 }
@@ -84,17 +83,17 @@ func TestGSLBFailover(t *testing.T) {
 	client := netip.MustParseAddr("10.2.3.4") // east, then west
 
 	down("203.0.113.1")
-	if got, _, _ := b.Select(client); !slices.Equal(addrStrings(got), []string{"203.0.113.2"}) {
+	if got, _ := b.Select(client); !slices.Equal(addrStrings(got), []string{"203.0.113.2"}) {
 		t.Errorf("one east address down: %v", got)
 	}
 	down("203.0.113.2")
-	if got, region, _ := b.Select(client); region != "west" || !slices.Equal(addrStrings(got), []string{"198.51.100.1"}) {
+	if got, region := b.Select(client); region != "west" || !slices.Equal(addrStrings(got), []string{"198.51.100.1"}) {
 		t.Errorf("east down: %v %s", got, region)
 	}
 	// south is not in this rule's order: with east and west down the
 	// client's order fails open to east, though south is up.
 	down("198.51.100.1")
-	got, region, _ := b.Select(client)
+	got, region := b.Select(client)
 	if region != "east" || !slices.Equal(addrStrings(got), []string{"203.0.113.1", "203.0.113.2"}) {
 		t.Errorf("all down: %v %s, want every east address", got, region)
 	}
@@ -106,14 +105,14 @@ func TestGSLBFailover(t *testing.T) {
 		t.Errorf("%d fail-open logs, want 1 per transition", n)
 	}
 	// The default order reaches south.
-	if got, region, _ := b.Select(netip.MustParseAddr("8.8.8.8")); region != "south" || len(got) != 1 {
+	if got, region := b.Select(netip.MustParseAddr("8.8.8.8")); region != "south" || len(got) != 1 {
 		t.Errorf("default order with east and west down: %v %s", got, region)
 	}
 	if n := lr.count("no longer failing open"); n != 1 {
 		t.Errorf("%d recovery logs, want 1", n)
 	}
 	up("198.51.100.1")
-	if _, region, _ := b.Select(client); region != "west" {
+	if _, region := b.Select(client); region != "west" {
 		t.Errorf("west back: %s", region)
 	}
 	if st.Get("gslb_up_east") != 0 || st.Get("gslb_up_west") != 1 || st.Get("gslb_up_south") != 1 {
@@ -190,7 +189,7 @@ func TestGSLBRunFakeDial(t *testing.T) {
 	waitFor(t, "west up", func() bool { return st.Get("gslb_up_west") == 1 })
 	fn.set("203.0.113.2", true)
 	waitFor(t, "203.0.113.2 down", func() bool { return !statusOf(b, "203.0.113.2").Up })
-	if got, _, _ := b.Select(netip.MustParseAddr("10.2.0.1")); !slices.Equal(addrStrings(got), []string{"203.0.113.1"}) {
+	if got, _ := b.Select(netip.MustParseAddr("10.2.0.1")); !slices.Equal(addrStrings(got), []string{"203.0.113.1"}) {
 		t.Errorf("Select: %v", got)
 	}
 	// At least Fall failures preceded the transition.
@@ -276,7 +275,7 @@ func TestGSLBRealTCP(t *testing.T) {
 		return func() bool { return st.Get("health_checks") >= n }
 	}
 	waitFor(t, "checks", checked(4))
-	if _, region, _ := b.Select(netip.MustParseAddr("192.0.2.1")); region != "b" {
+	if _, region := b.Select(netip.MustParseAddr("192.0.2.1")); region != "b" {
 		t.Fatalf("b is up and first: %s (%+v)", region, b.Status())
 	}
 
@@ -286,7 +285,7 @@ func TestGSLBRealTCP(t *testing.T) {
 	if !strings.Contains(s.LastError, "refused") {
 		t.Errorf("last error %q", s.LastError)
 	}
-	if _, region, _ := b.Select(netip.MustParseAddr("192.0.2.1")); region != "a" {
+	if _, region := b.Select(netip.MustParseAddr("192.0.2.1")); region != "a" {
 		t.Errorf("b down: got %s", region)
 	}
 
@@ -296,7 +295,7 @@ func TestGSLBRealTCP(t *testing.T) {
 	}
 	serve(lnB)
 	waitFor(t, "127.0.0.3 up", func() bool { return statusOf(b, "127.0.0.3").Up })
-	if _, region, _ := b.Select(netip.MustParseAddr("192.0.2.1")); region != "b" {
+	if _, region := b.Select(netip.MustParseAddr("192.0.2.1")); region != "b" {
 		t.Errorf("b back: got %s", region)
 	}
 	if !statusOf(b, "127.0.0.2").Up {
@@ -334,7 +333,7 @@ func TestNewGSLBErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, region, _ := b.Select(netip.MustParseAddr("8.8.8.8")); region != "east" {
+	if _, region := b.Select(netip.MustParseAddr("8.8.8.8")); region != "east" {
 		t.Errorf("default order starts with %s", region)
 	}
 	b.Run(context.Background()) // returns at once: no checks

@@ -13,15 +13,24 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 )
 
 // answerTimeout bounds the time an Answerer may take for one query.
 const answerTimeout = 4 * time.Second
 
+// maxTCPConns bounds the TCP connections ListenAndServe serves at once.
+const maxTCPConns = 256
+
 // Server is the front of every lab DNS server: it checks queries, answers
 // the lab's CHAOS queries itself, hands class IN queries to an Answerer
 // and serves the answers over UDP and TCP.
 type Server struct {
+	// Admit, when set, says whether a client may ask the lab's CHAOS
+	// queries (flush.labctl., stats.labctl.); those it turns away get
+	// REFUSED. nil admits everyone. Set it before serving.
+	Admit func(netip.Addr) bool
+
 	a     Answerer
 	st    *Counters
 	flush func() int
@@ -45,7 +54,7 @@ func (s *Server) Handle(ctx context.Context, req *mdns.Msg, client netip.Addr) *
 	}
 	s.st.Add("queries", 1)
 	resp := s.finish(req, s.handle(ctx, req, client))
-	s.st.Add("rcode_"+rcodeName(resp.Rcode), 1)
+	s.st.Add("rcode_"+RcodeName(resp.Rcode), 1)
 	return resp
 }
 
@@ -73,6 +82,10 @@ func (s *Server) handle(ctx context.Context, req *mdns.Msg, client netip.Addr) *
 	switch q.Qclass {
 	case mdns.ClassINET:
 	case mdns.ClassCHAOS:
+		if s.Admit != nil && !s.Admit(client) {
+			s.st.Add("refused", 1)
+			return reply(mdns.RcodeRefused)
+		}
 		return s.chaos(req, q)
 	default:
 		return reply(mdns.RcodeRefused)
@@ -80,7 +93,7 @@ func (s *Server) handle(ctx context.Context, req *mdns.Msg, client netip.Addr) *
 	switch t := q.Qtype; {
 	case t == mdns.TypeAXFR || t == mdns.TypeIXFR:
 		return reply(mdns.RcodeRefused) // no zone transfers
-	case t == mdns.TypeNone || t == mdns.TypeOPT || (t >= 128 && t <= mdns.TypeTSIG):
+	case MetaType(t):
 		return reply(mdns.RcodeFormatError) // meta types are not questions
 	}
 	ctx, cancel := context.WithTimeout(ctx, answerTimeout)
@@ -190,17 +203,6 @@ func (s *Server) finish(req, resp *mdns.Msg) *mdns.Msg {
 		m.Rcode = mdns.RcodeServerFailure // an extended rcode needs EDNS
 	}
 	return &m
-}
-
-// rcodeName is an rcode's mnemonic (16 is BADVERS here: no TSIG).
-func rcodeName(rc int) string {
-	if rc == mdns.RcodeBadVers {
-		return "BADVERS"
-	}
-	if s, ok := mdns.RcodeToString[rc]; ok {
-		return s
-	}
-	return "RCODE" + strconv.Itoa(rc)
 }
 
 // ServeDNS serves one query (mdns.Handler). Over UDP the answer is
@@ -345,6 +347,10 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 		return err
 	}
 	defer ln.Close()
+	// Bound the TCP connections served at once: the others wait in the
+	// kernel's accept queue instead of each costing a goroutine and a
+	// file descriptor.
+	ln = netutil.LimitListener(ln, maxTCPConns)
 	s.log.Info("dns: listening", "udp", pc.LocalAddr().String(), "tcp", ln.Addr().String())
 	return s.Serve(ctx, pc, ln)
 }

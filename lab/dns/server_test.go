@@ -308,6 +308,33 @@ func TestServerFlush(t *testing.T) {
 	}
 }
 
+func TestServerAdmit(t *testing.T) {
+	st := &Counters{}
+	flushes := 0
+	srv := NewServer(panicky{}, st, func() int { flushes++; return 0 }, nil)
+	allowed := netip.MustParseAddr("192.0.2.1")
+	srv.Admit = func(a netip.Addr) bool { return a == allowed }
+	for _, name := range []string{FlushName, StatsName} {
+		m := query(name, mdns.TypeTXT)
+		m.Question[0].Qclass = mdns.ClassCHAOS
+		if r := srv.Handle(context.Background(), m, netip.MustParseAddr("198.51.100.7")); r.Rcode != mdns.RcodeRefused || len(r.Answer) != 0 {
+			t.Errorf("%s from a stranger: %v", name, r)
+		}
+		if r := srv.Handle(context.Background(), m, allowed); r.Rcode != mdns.RcodeSuccess || len(r.Answer) == 0 {
+			t.Errorf("%s from an admitted client: %v", name, r)
+		}
+	}
+	if flushes != 1 {
+		t.Errorf("%d flushes, want 1", flushes)
+	}
+	if got := st.Get("refused"); got != 2 {
+		t.Errorf("refused = %d, want 2", got)
+	}
+	if got := st.Get("rcode_REFUSED"); got != 2 {
+		t.Errorf("rcode_REFUSED = %d, want 2", got)
+	}
+}
+
 // panicky panics for boom. and answers everything else with NODATA.
 type panicky struct{}
 
@@ -421,9 +448,14 @@ func TestListenAndServe(t *testing.T) {
 		}
 	}
 	exchange(t, "udp", addr, query("host.test.", mdns.TypeA))
-	// A second server on the same address fails.
-	if err := NewServer(a, st, nil, nil).ListenAndServe(context.Background(), addr); err == nil {
-		t.Errorf("a second ListenAndServe on %s worked", addr)
+	// A second server on the same address fails; the timeout turns a
+	// wrong success (serving until ctx is done) into a failure, not a hang.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+	err := NewServer(a, st, nil, nil).ListenAndServe(ctx2, addr)
+	timedOut := ctx2.Err() != nil
+	cancel2()
+	if err == nil || timedOut {
+		t.Errorf("a second ListenAndServe on %s did not fail (error %v, timed out %v)", addr, err, timedOut)
 	}
 	cancel()
 	select {

@@ -205,11 +205,3 @@ func copyRRs(rrs []mdns.RR) []mdns.RR {
 	}
 	return out
 }
-
-// typeName is a query type's mnemonic, TYPEnnn for unknown ones.
-func typeName(t uint16) string {
-	if s, ok := mdns.TypeToString[t]; ok {
-		return s
-	}
-	return "TYPE" + fmt.Sprint(t)
-}

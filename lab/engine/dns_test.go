@@ -231,6 +231,11 @@ func TestDNS(t *testing.T) {
 		if !slices.Equal(a.IPs, eastVIPs) || !strings.HasPrefix(a.Client, "198.51.100.") {
 			t.Errorf("ue1 via HTTPDNS: %+v, want %v for a carrier A pool address", a, eastVIPs)
 		}
+		// An asker no rule covers (the cloud's own web host) gets the
+		// default order; its answer must not be handed to home1 after it.
+		if o := httpdns(t, lab, "web", shopName); !slices.Equal(o.IPs, eastVIPs) {
+			t.Errorf("web via HTTPDNS: %+v, want the default region east %v", o, eastVIPs)
+		}
 		b := httpdns(t, lab, "home1", shopName)
 		if !slices.Equal(b.IPs, northVIPs) {
 			t.Errorf("home1 via HTTPDNS: %+v, want %v", b, northVIPs)
@@ -367,9 +372,13 @@ func TestDNS(t *testing.T) {
 		if m := raw(t, lab, "ue1", shopNS, []byte{1, 2, 3}); m != nil {
 			t.Errorf("3 bytes of garbage were answered: %v", m)
 		}
-		// A subscriber of carrier B may not use carrier A's resolver.
+		// A subscriber of carrier B may not use carrier A's resolver, nor
+		// read its counters or empty its cache.
 		if r := query(t, lab, "home1", resolverA, shopName, mdns.TypeA, dns.QueryOptions{}); r.Msg.Rcode != mdns.RcodeRefused {
 			t.Errorf("home1 asking dns-a: %s, want REFUSED", mdns.RcodeToString[r.Msg.Rcode])
+		}
+		if r := query(t, lab, "home1", resolverA, dns.FlushName, mdns.TypeTXT, dns.QueryOptions{Class: mdns.ClassCHAOS, NoRD: true}); r.Msg.Rcode != mdns.RcodeRefused {
+			t.Errorf("home1 flushing dns-a's cache: %s, want REFUSED", mdns.RcodeToString[r.Msg.Rcode])
 		}
 		if r := query(t, lab, "ue1", shopNS, "origin.shop.example", mdns.TypeA, dns.QueryOptions{NoRD: true}); !slices.Equal(addrsOf(r.Msg), []string{"203.0.113.10"}) || !r.Msg.Authoritative {
 			t.Errorf("ns1 after the garbage: %v (aa=%v)", r.Msg.Answer, r.Msg.Authoritative)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"labctl/lab/dns"
@@ -30,13 +31,14 @@ func DNS(ctx context.Context, configJSON string, log *slog.Logger) error {
 	if len(cfg.Zones) > 0 || cfg.Resolver != nil {
 		var a dns.Answerer
 		var flush func() int
+		var admit func(netip.Addr) bool
 		if cfg.Resolver != nil {
 			r, err := resolver.New(cfg.Resolver, st, log)
 			if err != nil {
 				return err
 			}
 			r.Name = cfg.Node
-			a, flush = r, r.Flush
+			a, flush, admit = r, r.Flush, r.Allowed
 		} else {
 			auth, err := dns.NewAuthority(ctx, cfg.Zones, st, log)
 			if err != nil {
@@ -49,6 +51,7 @@ func DNS(ctx context.Context, configJSON string, log *slog.Logger) error {
 			listen = fmt.Sprintf(":%d", dns.Port)
 		}
 		srv := dns.NewServer(a, st, flush, log)
+		srv.Admit = admit // only the resolver's clients may read its counters or empty its cache
 		run = append(run, func() error { return srv.ListenAndServe(ctx, listen) })
 		log.Info("serving dns", "node", cfg.Node, "listen", listen, "zones", len(cfg.Zones), "resolver", cfg.Resolver != nil)
 	}
@@ -61,7 +64,9 @@ func DNS(ctx context.Context, configJSON string, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		hs := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+		// Timeouts bound what idle or slow clients can hold.
+		hs := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10}
 		go func() {
 			<-ctx.Done()
 			sctx, stop := context.WithTimeout(context.Background(), 2*time.Second)

@@ -784,6 +784,9 @@ func (c *checker) records(p path, dz *dnsZone, w *dnsWorld) {
 		case h.Rrtype == mdns.TypeNS:
 			c.addText(rp, e.tok(ti), "NS records are generated: to delegate %s, declare it as a zone under zones: with its ns", owner)
 			continue
+		case slices.Contains(mdns.SplitDomainName(owner), "*"):
+			c.addText(rp, e.tok(0), "%s is a wildcard: lab servers answer names literally and would never match it; write each name", owner)
+			continue
 		}
 		if last || e == nil && rr.String() == h.String() {
 			c.addText(rp, e.tok(ti), "the %s record of %s has no data after its type", mdns.TypeToString[h.Rrtype], owner)

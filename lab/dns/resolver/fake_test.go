@@ -319,7 +319,8 @@ func tryWorld(t *testing.T) (*world, bool) {
 
 // gslbHook answers www.gslb.example. A by the client subnet, when the
 // query carries one: 198.51.100.0/24 gets 192.0.2.1, 203.0.113.0/24
-// 192.0.2.2, anyone else 192.0.2.99, all with scope 24.
+// 192.0.2.2, anyone else 192.0.2.99, all with the scope the source
+// prefix length, as the lab's GSLB does.
 func gslbHook(f *fakeServer) func(w mdns.ResponseWriter, req *mdns.Msg) bool {
 	return func(w mdns.ResponseWriter, req *mdns.Msg) bool {
 		q := req.Question[0]
@@ -340,7 +341,7 @@ func gslbHook(f *fakeServer) func(w mdns.ResponseWriter, req *mdns.Msg) bool {
 		m.Answer = []mdns.RR{rr}
 		opt := m.IsEdns0()
 		opt.Option = append(opt.Option, &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: 1,
-			SourceNetmask: e.SourceNetmask, SourceScope: 24, Address: e.Address})
+			SourceNetmask: e.SourceNetmask, SourceScope: e.SourceNetmask, Address: e.Address})
 		_ = w.WriteMsg(m)
 		return true
 	}
@@ -415,7 +416,7 @@ func (r *testResolver) query(t *testing.T, name string, qtype uint16, client str
 	reply := r.ask(t, m, client)
 	tr := traceOf(t, reply)
 	if tr == nil {
-		t.Fatalf("%s %s: no trace in the reply", name, typeString(qtype))
+		t.Fatalf("%s %s: no trace in the reply", name, mdns.Type(qtype).String())
 	}
 	return reply, tr
 }

@@ -92,6 +92,12 @@ func (h *HTTPDNS) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unknown type: " + q.Get("type")})
 		return
 	}
+	if dns.MetaType(qtype) {
+		// Zone transfers, OPT, TSIG and the like are not questions to
+		// resolve; the DNS front turns them away too.
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "not a resolvable type: " + tname})
+		return
+	}
 	ap, err := netip.ParseAddrPort(req.RemoteAddr)
 	if err != nil {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "client address: " + err.Error()})
@@ -110,7 +116,7 @@ func (h *HTTPDNS) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		Name:   fqdn,
 		Type:   tname,
 		Client: client.String(),
-		Rcode:  rcodeString(reply.Rcode),
+		Rcode:  dns.RcodeName(reply.Rcode),
 		IPs:    []string{},
 		CNAME:  []string{},
 		Answer: rrStrings(reply.Answer),

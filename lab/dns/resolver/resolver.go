@@ -32,6 +32,9 @@ const (
 	exchangeTimeout = 800 * time.Millisecond
 	defaultMaxTTL   = time.Hour
 	defaultNegTTL   = 5 * time.Minute
+	// maxResolutions bounds the queries resolved (or waiting on a shared
+	// resolution) upstream at once; past it, misses get SERVFAIL.
+	maxResolutions = 512
 )
 
 // Resolver is a caching recursive resolver; it implements dns.Answerer.
@@ -48,6 +51,8 @@ type Resolver struct {
 	log     *slog.Logger
 	cache   *cache
 	flights group
+	// sem holds a slot per query on the non-cached path.
+	sem chan struct{}
 
 	// port is where every upstream server is asked; tests move it.
 	port uint16
@@ -72,6 +77,7 @@ func New(cfg *dns.ResolverConfig, st *dns.Counters, log *slog.Logger) (*Resolver
 		st:      st,
 		log:     log,
 		cache:   newCache(maxEntries),
+		sem:     make(chan struct{}, maxResolutions),
 		port:    dns.Port,
 		timeout: exchangeTimeout,
 		now:     time.Now,
@@ -93,17 +99,30 @@ func New(cfg *dns.ResolverConfig, st *dns.Counters, log *slog.Logger) (*Resolver
 		r.hints = append(r.hints, a.Unmap())
 	}
 	for _, s := range cfg.Allow {
-		p, err := netip.ParsePrefix(s)
+		p, err := parseAllow(s)
 		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return nil, fmt.Errorf("resolver: allow %q: %w", s, err)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
+			return nil, fmt.Errorf("resolver: allow %q: %w", s, err)
 		}
-		r.allow = append(r.allow, p.Masked())
+		r.allow = append(r.allow, p)
 	}
 	return r, nil
+}
+
+// parseAllow reads a prefix or a lone address, IPv4-mapped IPv6 ones
+// unmapped (clients are unmapped before they are checked).
+func parseAllow(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		a, aerr := netip.ParseAddr(s)
+		if aerr != nil {
+			return netip.Prefix{}, err
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+	}
+	return p.Masked(), nil
 }
 
 // Flush empties the cache and says how many entries went.
@@ -112,10 +131,13 @@ func (r *Resolver) Flush() int {
 	return r.cache.flush()
 }
 
-func (r *Resolver) allowed(client netip.Addr) bool {
+// Allowed says whether client may use the resolver: any client when
+// no Allow list is configured, else those inside one of its prefixes.
+func (r *Resolver) Allowed(client netip.Addr) bool {
 	if len(r.allow) == 0 {
 		return true
 	}
+	client = client.Unmap()
 	for _, p := range r.allow {
 		if p.Contains(client) {
 			return true
@@ -169,7 +191,7 @@ func (r *Resolver) Answer(ctx context.Context, req *mdns.Msg, client netip.Addr)
 	m.Compress = true
 	tr := &dns.Trace{Server: r.Name, Steps: []dns.Step{}}
 
-	if !r.allowed(client) {
+	if !r.Allowed(client) {
 		r.st.Add("refused", 1)
 		m.Rcode = mdns.RcodeRefused
 		return r.finish(m, req, tr, start)
@@ -189,19 +211,7 @@ func (r *Resolver) Answer(ctx context.Context, req *mdns.Msg, client netip.Addr)
 		tr.Steps = s.steps
 	} else {
 		r.st.Add("cache_misses", 1)
-		k := fmt.Sprintf("%s/%d", name, q.Qtype)
-		if r.ecs {
-			k += "/" + client.String()
-		}
-		var steps []dns.Step
-		var exchanges int
-		res, steps, exchanges = r.flights.do(ctx, k, func() (result, []dns.Step, int) {
-			s := &state{client: client}
-			res := r.resolve(ctx, s, name, q.Qtype, 0)
-			return res, s.steps, s.exchanges
-		})
-		tr.Cached = exchanges == 0
-		tr.Steps = append(tr.Steps, steps...)
+		res = r.miss(ctx, tr, name, q.Qtype, client)
 	}
 	switch res.rcode {
 	case mdns.RcodeServerFailure:
@@ -213,6 +223,31 @@ func (r *Resolver) Answer(ctx context.Context, req *mdns.Msg, client netip.Addr)
 	m.Answer = res.answer
 	m.Ns = res.ns
 	return r.finish(m, req, tr, start)
+}
+
+// miss resolves name/qtype upstream, sharing the work with identical
+// concurrent misses, unless maxResolutions are under way already: then
+// it is SERVFAIL at once.
+func (r *Resolver) miss(ctx context.Context, tr *dns.Trace, name string, qtype uint16, client netip.Addr) result {
+	select {
+	case r.sem <- struct{}{}:
+		defer func() { <-r.sem }()
+	default:
+		r.st.Add("overload", 1)
+		return result{rcode: mdns.RcodeServerFailure}
+	}
+	k := fmt.Sprintf("%s/%d", name, qtype)
+	if r.ecs {
+		k += "/" + client.String()
+	}
+	res, steps, exchanges := r.flights.do(ctx, k, func() (result, []dns.Step, int) {
+		s := &state{client: client}
+		res := r.resolve(ctx, s, name, qtype, 0)
+		return res, s.steps, s.exchanges
+	})
+	tr.Cached = exchanges == 0
+	tr.Steps = append(tr.Steps, steps...)
+	return res
 }
 
 // finish adds the OPT record a query with one expects, and the trace if
@@ -293,7 +328,7 @@ func (r *Resolver) resolve(ctx context.Context, s *state, qname string, qtype ui
 func (r *Resolver) fromCache(s *state, name string, qtype uint16) outcome {
 	now := r.now()
 	hit := func(kind string, e *entry, rrs []mdns.RR) {
-		st := dns.Step{Cache: true, Name: name, Type: typeString(qtype), Kind: kind,
+		st := dns.Step{Cache: true, Name: name, Type: mdns.Type(qtype).String(), Kind: kind,
 			Rcode: "NOERROR", Records: rrStrings(rrs), TTL: e.remaining(now)}
 		if kind == dns.KindNXDomain {
 			st.Rcode = "NXDOMAIN"
@@ -430,7 +465,7 @@ func (r *Resolver) askZone(ctx context.Context, s *state, zone string, servers [
 			ok  bool
 		)
 		if resp != nil {
-			o, ref, ok = r.classify(resp, zone, name, qtype, &step)
+			o, ref, ok = r.classify(resp, r.subnet(s), zone, name, qtype, &step)
 		}
 		s.steps = append(s.steps, step)
 		if ok {
@@ -448,16 +483,12 @@ func (r *Resolver) exchange(ctx context.Context, s *state, srv netip.Addr, zone,
 	m.Id = mdns.Id()
 	m.RecursionDesired = false
 	m.SetEdns0(udpSize, false)
-	if r.ecs && s.client.IsValid() {
-		e := &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: 1, SourceNetmask: 32, Address: s.client.AsSlice()}
-		if s.client.Is6() {
-			e.Family, e.SourceNetmask = 2, 128
-		}
+	if e := r.subnet(s); e != nil {
 		opt := m.IsEdns0()
 		opt.Option = append(opt.Option, e)
 	}
 	addr := netip.AddrPortFrom(srv, r.port).String()
-	step := dns.Step{Server: srv.String(), Zone: zone, Name: name, Type: typeString(qtype)}
+	step := dns.Step{Server: srv.String(), Zone: zone, Name: name, Type: mdns.Type(qtype).String()}
 	start := time.Now()
 	resp, err := r.send(ctx, s, "udp", m, addr)
 	if err == nil && resp.Truncated {
@@ -471,8 +502,21 @@ func (r *Resolver) exchange(ctx context.Context, s *state, srv netip.Addr, zone,
 		r.log.Debug("exchange failed", "server", addr, "name", name, "err", err)
 		return nil, step
 	}
-	step.Rcode = rcodeString(resp.Rcode)
+	step.Rcode = dns.RcodeName(resp.Rcode)
 	return resp, step
+}
+
+// subnet is the client subnet option sent upstream for s's client, nil
+// if none is.
+func (r *Resolver) subnet(s *state) *mdns.EDNS0_SUBNET {
+	if !r.ecs || !s.client.IsValid() {
+		return nil
+	}
+	e := &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: 1, SourceNetmask: 32, Address: s.client.AsSlice()}
+	if s.client.Is6() {
+		e.Family, e.SourceNetmask = 2, 128
+	}
+	return e
 }
 
 // send is one exchange.
@@ -499,9 +543,10 @@ func (r *Resolver) send(ctx context.Context, s *state, network string, m *mdns.M
 }
 
 // classify reads resp, the answer of a server asked as authoritative for
-// zone, caches what it may, and says what it means. ok false means the
-// server was of no use and the next one should be asked.
-func (r *Resolver) classify(resp *mdns.Msg, zone, name string, qtype uint16, step *dns.Step) (outcome, *referral, bool) {
+// zone (with sent as client subnet option, if any), caches what it may,
+// and says what it means. ok false means the server was of no use and
+// the next one should be asked.
+func (r *Resolver) classify(resp *mdns.Msg, sent *mdns.EDNS0_SUBNET, zone, name string, qtype uint16, step *dns.Step) (outcome, *referral, bool) {
 	if resp.Rcode != mdns.RcodeSuccess && resp.Rcode != mdns.RcodeNameError {
 		step.Kind = dns.KindError
 		return outcome{}, nil, false
@@ -511,9 +556,15 @@ func (r *Resolver) classify(resp *mdns.Msg, zone, name string, qtype uint16, ste
 		h := rr.Header()
 		return h.Class == mdns.ClassINET && mdns.IsSubDomain(zone, dns.Fqdn(h.Name))
 	}
-	// Only the answer section of an authoritative reply, and nothing of a
-	// reply tailored to the client's subnet, goes into the cache.
-	scoped := ecsScope(resp) > 0
+	// What goes into the cache: the answer section's in-zone CNAMEs and
+	// RRset (not for ANY) of an authoritative reply that is not scoped; the negative
+	// answer of a reply that is not scoped, authoritative or not, when it
+	// carries an SOA of zone at or above name; and the NS set and glue of
+	// any referral, scoped or not (delegations are not per client).
+	// Scoped means tailored to a client subnet (scope > 0), or carrying a
+	// client subnet option that is not the one sent (RFC 7871 7.3): such
+	// a reply is used for this query only.
+	scoped := ecsScoped(resp, sent)
 	cacheable := resp.Authoritative && !scoped
 
 	var ans []mdns.RR
@@ -707,17 +758,39 @@ func (r *Resolver) capTTL(rrs []mdns.RR) []mdns.RR {
 	return out
 }
 
-func ecsScope(m *mdns.Msg) uint8 {
+// ecsScoped says whether reply m, to a query that carried sent as its
+// client subnet option (nil for none), is only good for that client: its
+// option has a scope above 0, or does not echo the family, source prefix
+// length and source address sent (RFC 7871 7.3), or came unasked.
+func ecsScoped(m *mdns.Msg, sent *mdns.EDNS0_SUBNET) bool {
 	opt := m.IsEdns0()
 	if opt == nil {
-		return 0
+		return false
 	}
 	for _, o := range opt.Option {
-		if e, ok := o.(*mdns.EDNS0_SUBNET); ok {
-			return e.SourceScope
+		e, ok := o.(*mdns.EDNS0_SUBNET)
+		if !ok {
+			continue
 		}
+		return e.SourceScope > 0 || !sameSubnet(e, sent)
 	}
-	return 0
+	return false
+}
+
+// sameSubnet says whether got echoes sent's family, source prefix length
+// and address (within that length).
+func sameSubnet(got, sent *mdns.EDNS0_SUBNET) bool {
+	if sent == nil || got.Family != sent.Family || got.SourceNetmask != sent.SourceNetmask {
+		return false
+	}
+	a, ok1 := netip.AddrFromSlice(got.Address)
+	b, ok2 := netip.AddrFromSlice(sent.Address)
+	if !ok1 || !ok2 {
+		return false
+	}
+	pa, err1 := a.Unmap().Prefix(int(got.SourceNetmask))
+	pb, err2 := b.Unmap().Prefix(int(sent.SourceNetmask))
+	return err1 == nil && err2 == nil && pa == pb
 }
 
 func parent(z string) string {
@@ -765,20 +838,6 @@ func rrStrings(rrs []mdns.RR) []string {
 	return out
 }
 
-func typeString(t uint16) string {
-	if s, ok := mdns.TypeToString[t]; ok {
-		return s
-	}
-	return mdns.Type(t).String()
-}
-
-func rcodeString(c int) string {
-	if s, ok := mdns.RcodeToString[c]; ok {
-		return s
-	}
-	return fmt.Sprint(c)
-}
-
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // group shares one resolution among identical concurrent misses.
@@ -814,15 +873,18 @@ func (g *group) do(ctx context.Context, k string, fn func() (result, []dns.Step,
 			return result{rcode: mdns.RcodeServerFailure}, nil, 0
 		}
 	}
-	f := &flight{done: make(chan struct{})}
+	// Should fn panic, the waiters get SERVFAIL and the key is free again.
+	f := &flight{done: make(chan struct{}), res: result{rcode: mdns.RcodeServerFailure}}
 	g.m[k] = f
 	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.m, k)
+		g.mu.Unlock()
+		close(f.done)
+	}()
 
 	f.res, f.steps, f.exchanges = fn()
-	g.mu.Lock()
-	delete(g.m, k)
-	g.mu.Unlock()
-	close(f.done)
 	res := f.res
 	res.answer, res.ns = copyRRs(res.answer), copyRRs(res.ns)
 	return res, f.steps, f.exchanges

@@ -3,6 +3,7 @@ package resolver
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -583,5 +584,183 @@ func TestCacheEviction(t *testing.T) {
 	}
 	if c.get(key{name: "more4.", qtype: mdns.TypeA}, later) == nil {
 		t.Fatal("the newest entry went")
+	}
+}
+
+func TestAllowed(t *testing.T) {
+	w := newWorld(t)
+	r := newResolver(t, w, dns.ResolverConfig{Allow: []string{"::ffff:10.0.0.0/104", "::ffff:192.0.2.7", "2001:db8::/32"}})
+	for c, want := range map[string]bool{
+		"10.1.2.3": true, "::ffff:10.9.9.9": true, "192.0.2.7": true, "192.0.2.8": false,
+		"11.0.0.1": false, "2001:db8::1": true, "2001:db9::1": false,
+	} {
+		if got := r.Allowed(netip.MustParseAddr(c)); got != want {
+			t.Errorf("Allowed(%s) = %v, want %v", c, got, want)
+		}
+	}
+	if open := newResolver(t, w, dns.ResolverConfig{}); !open.Allowed(netip.MustParseAddr("203.0.113.1")) {
+		t.Error("no Allow list refused a client")
+	}
+}
+
+func TestOverload(t *testing.T) {
+	w := newWorld(t)
+	shop := w.servers["127.0.0.4"]
+	gate := make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(open)
+	shop.setHook(func(rw mdns.ResponseWriter, req *mdns.Msg) bool {
+		if req.Question[0].Name == "api.shop.example." {
+			<-gate
+		}
+		return false
+	})
+	r := newResolver(t, w, dns.ResolverConfig{})
+	r.timeout = 10 * time.Second
+	r.sem = make(chan struct{}, 1)
+	// Cache what the second query needs before the slot is taken.
+	r.query(t, "www.nog.example.", mdns.TypeA, "127.0.0.1")
+
+	done := make(chan *mdns.Msg)
+	go func() {
+		m := new(mdns.Msg)
+		m.SetQuestion("api.shop.example.", mdns.TypeA)
+		done <- r.Answer(context.Background(), m, netip.MustParseAddr("127.0.0.1"))
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for shop.asked("api.shop.example.", mdns.TypeA) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	// The one slot is busy: another miss fails at once, a hit is served.
+	start := time.Now()
+	reply, _ := r.query(t, "mail.nog.example.", mdns.TypeA, "127.0.0.1")
+	if reply.Rcode != mdns.RcodeServerFailure || time.Since(start) > time.Second {
+		t.Fatalf("miss while overloaded: %v after %v", reply, time.Since(start))
+	}
+	counter(t, r, "overload", 1)
+	reply, tr := r.query(t, "www.nog.example.", mdns.TypeA, "127.0.0.1")
+	if reply.Rcode != mdns.RcodeSuccess || !tr.Cached {
+		t.Fatalf("hit while overloaded: %v", reply)
+	}
+	open()
+	if reply := <-done; reply.Rcode != mdns.RcodeSuccess {
+		t.Fatalf("blocked query: %v", reply)
+	}
+	// The slot is free again.
+	if reply, _ := r.query(t, "mail.nog.example.", mdns.TypeA, "127.0.0.1"); reply.Rcode != mdns.RcodeNameError {
+		t.Fatalf("after the overload: %v", reply)
+	}
+	counter(t, r, "overload", 1)
+}
+
+func TestFlightPanic(t *testing.T) {
+	var g group
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("no panic")
+			}
+		}()
+		g.do(context.Background(), "k", func() (result, []dns.Step, int) { panic("boom") })
+	}()
+	if len(g.m) != 0 {
+		t.Fatalf("flight left behind: %v", g.m)
+	}
+	res, _, _ := g.do(context.Background(), "k", func() (result, []dns.Step, int) {
+		return result{rcode: mdns.RcodeSuccess}, nil, 1
+	})
+	if res.rcode != mdns.RcodeSuccess {
+		t.Fatalf("after the panic: %+v", res)
+	}
+
+	// A waiter on a flight that panics gets SERVFAIL, not a hang.
+	started, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer func() { _ = recover() }()
+		g.do(context.Background(), "p", func() (result, []dns.Step, int) {
+			close(started)
+			<-release
+			panic("boom")
+		})
+	}()
+	<-started
+	got := make(chan result)
+	go func() {
+		res, _, _ := g.do(context.Background(), "p", func() (result, []dns.Step, int) {
+			return result{rcode: mdns.RcodeSuccess}, nil, 1
+		})
+		got <- res
+	}()
+	for g.waiting("p") == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	select {
+	case res := <-got:
+		if res.rcode != mdns.RcodeServerFailure {
+			t.Fatalf("waiter got %+v", res)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter hangs")
+	}
+}
+
+// TestClientSubnetRegions: the GSLB answers an outsider, then a client a
+// rule covers; the second gets its own region, not the outsider's.
+func TestClientSubnetRegions(t *testing.T) {
+	w := newWorld(t)
+	gslb := w.servers["127.0.0.5"]
+	r := newResolver(t, w, dns.ResolverConfig{ClientSubnet: true})
+	reply, _ := r.query(t, "www.gslb.example.", mdns.TypeA, "10.7.7.7")
+	sameAnswer(t, reply, "www.gslb.example. 60 A 192.0.2.99")
+	reply, tr := r.query(t, "www.gslb.example.", mdns.TypeA, "198.51.100.3")
+	sameAnswer(t, reply, "www.gslb.example. 60 A 192.0.2.1")
+	if tr.Cached || gslb.asked("www.gslb.example.", mdns.TypeA) != 2 {
+		t.Fatalf("the outsider's answer was reused: %v", steps(tr))
+	}
+}
+
+// TestClientSubnetMismatch: a reply whose client subnet option is not the
+// one sent is used but not cached (RFC 7871 7.3), even with scope 0; one
+// that echoes it with scope 0 is cached.
+func TestClientSubnetMismatch(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		echo   func(sent *mdns.EDNS0_SUBNET) *mdns.EDNS0_SUBNET
+		cached bool
+	}{
+		{"echo", func(e *mdns.EDNS0_SUBNET) *mdns.EDNS0_SUBNET { return e }, true},
+		{"address", func(e *mdns.EDNS0_SUBNET) *mdns.EDNS0_SUBNET {
+			return &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: 1, SourceNetmask: 32, Address: net.IPv4(192, 0, 2, 200)}
+		}, false},
+		{"length", func(e *mdns.EDNS0_SUBNET) *mdns.EDNS0_SUBNET {
+			return &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: e.Address}
+		}, false},
+		{"family", func(e *mdns.EDNS0_SUBNET) *mdns.EDNS0_SUBNET {
+			return &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: 2, SourceNetmask: 0, Address: net.IPv6zero}
+		}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t)
+			shop := w.servers["127.0.0.4"]
+			shop.setHook(func(rw mdns.ResponseWriter, req *mdns.Msg) bool {
+				m := shop.answer(req)
+				if e := subnetOf(req); e != nil {
+					x := *c.echo(e)
+					x.SourceScope = 0
+					m.IsEdns0().Option = append(m.IsEdns0().Option, &x)
+				}
+				_ = rw.WriteMsg(m)
+				return true
+			})
+			r := newResolver(t, w, dns.ResolverConfig{ClientSubnet: true})
+			reply, _ := r.query(t, "api.shop.example.", mdns.TypeA, "198.51.100.3")
+			sameAnswer(t, reply, "api.shop.example. 300 A 192.0.2.10")
+			_, tr := r.query(t, "api.shop.example.", mdns.TypeA, "203.0.113.7")
+			if tr.Cached != c.cached {
+				t.Fatalf("cached %v, want %v: %v", tr.Cached, c.cached, steps(tr))
+			}
+		})
 	}
 }

@@ -114,12 +114,9 @@ type dnsBench struct {
 	gslbName, gslb, gslbNode     string
 }
 
-// dnsBenchPlan finds the resolver of from, the authoritative server of
+// dnsBenchPlan finds, in a validated topology, the resolver of from, the authoritative server of
 // name's zone and the GSLB server the name leads to, from the topology.
 func dnsBenchPlan(t *topology.Topology, from, name string) (*dnsBench, error) {
-	if err := t.Validate(); err != nil {
-		return nil, err
-	}
 	n := t.Nodes[from]
 	if n == nil || n.DNS == nil || len(n.DNS.Nameservers) == 0 {
 		return nil, fmt.Errorf("--from %s: no node of that name with dns: nameservers in %s", from, t.File)

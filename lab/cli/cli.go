@@ -184,6 +184,11 @@ func nodeNamespace(lab, node string) (string, *topology.Node, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	return nodeIn(rec, lab, node)
+}
+
+// nodeIn is nodeNamespace on a lab record already loaded.
+func nodeIn(rec *state.Lab, lab, node string) (string, *topology.Node, error) {
 	if rec.Topology == nil || rec.Topology.Nodes[node] == nil {
 		var names []string
 		if rec.Topology != nil {

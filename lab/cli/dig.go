@@ -76,7 +76,11 @@ dig tool:  labctl exec NODE -- dig NAME`,
 			if err != nil {
 				return err
 			}
-			ns, node, err := nodeNamespace(lab, args[0])
+			rec, err := state.Load(lab)
+			if err != nil {
+				return err
+			}
+			ns, node, err := nodeIn(rec, lab, args[0])
 			if err != nil {
 				return err
 			}
@@ -85,10 +89,6 @@ dig tool:  labctl exec NODE -- dig NAME`,
 					return fmt.Errorf("node %s has no resolver (no dns: nameservers in the topology): give --server ADDRESS", args[0])
 				}
 				server = node.DNS.Nameservers[0]
-			}
-			rec, err := state.Load(lab)
-			if err != nil {
-				return err
 			}
 			res, err := dig(cmd.Context(), ns, server, name, qtype, dns.QueryOptions{Trace: !noTrace, TCP: tcp})
 			if err != nil {

@@ -220,13 +220,13 @@ func (a *Authority) lookup(resp *mdns.Msg, z *zone, qname string, qtype uint16, 
 		}
 		if qtype == mdns.TypeANY {
 			for _, t := range n.types {
-				resp.Answer = append(resp.Answer, copyRRs(n.sets[t])...)
+				resp.Answer = append(resp.Answer, CopyRRs(n.sets[t])...)
 			}
 			nodata = len(n.types) == 0
 			break
 		}
 		if set := n.sets[qtype]; set != nil {
-			resp.Answer = append(resp.Answer, copyRRs(set)...)
+			resp.Answer = append(resp.Answer, CopyRRs(set)...)
 			break
 		}
 		cname := n.sets[mdns.TypeCNAME]
@@ -234,7 +234,7 @@ func (a *Authority) lookup(resp *mdns.Msg, z *zone, qname string, qtype uint16, 
 			nodata = true
 			break
 		}
-		resp.Answer = append(resp.Answer, copyRRs(cname)...)
+		resp.Answer = append(resp.Answer, CopyRRs(cname)...)
 		target := Fqdn(cname[0].(*mdns.CNAME).Target)
 		if hops+1 > maxCNAMEHops || slices.Contains(visited, target) || !z.contains(target) || z.cut(target, qtype) != "" {
 			break // the asker follows the rest of the chain itself
@@ -255,7 +255,7 @@ func (a *Authority) lookup(resp *mdns.Msg, z *zone, qname string, qtype uint16, 
 func (a *Authority) referral(resp *mdns.Msg, z *zone, cut string) {
 	resp.Authoritative = false
 	ns := z.nodes[cut].sets[mdns.TypeNS]
-	resp.Ns = append(resp.Ns, copyRRs(ns)...)
+	resp.Ns = append(resp.Ns, CopyRRs(ns)...)
 	done := map[string]bool{}
 	for _, rr := range ns {
 		target := Fqdn(rr.(*mdns.NS).Ns)
@@ -263,7 +263,7 @@ func (a *Authority) referral(resp *mdns.Msg, z *zone, cut string) {
 			continue
 		}
 		done[target] = true
-		resp.Extra = append(resp.Extra, copyRRs(z.addresses(target))...)
+		resp.Extra = append(resp.Extra, CopyRRs(z.addresses(target))...)
 	}
 	a.st.Add("referrals", 1)
 }

@@ -32,8 +32,8 @@ type QueryOptions struct {
 // Query asks server (an address, with or without a port) about name,
 // over UDP with EDNS0 (4096 bytes) and again over TCP if the answer was
 // truncated. A query asking for the trace goes over TCP from the start:
-// servers cap UDP answers at 1232 bytes, a cold trace outgrows that, and
-// the retry would find the answer cached. It works in the caller's
+// servers cap UDP answers at 1232 bytes, a cold trace can outgrow that,
+// and the retry would find the answer cached. It works in the caller's
 // network namespace.
 func Query(ctx context.Context, server, name string, qtype uint16, o QueryOptions) (*Result, error) {
 	if o.Timeout == 0 {

@@ -106,6 +106,17 @@ type HTTPDNSConfig struct {
 	Resolver ResolverConfig `json:"resolver"`
 }
 
+// Defaults for what a Config leaves out. The topology package writes them
+// into every Config; the servers fall back on them for a zero value.
+const (
+	DefaultCheckInterval = time.Second
+	DefaultCheckTimeout  = 500 * time.Millisecond
+	DefaultCheckFall     = 2
+	DefaultCheckRise     = 2
+	DefaultMaxTTL        = time.Hour       // a resolver's cap on cached TTLs
+	DefaultNegativeTTL   = 5 * time.Minute // a resolver's cap on negative caching
+)
+
 // Duration is a time.Duration that JSON writes as "5s".
 type Duration time.Duration
 

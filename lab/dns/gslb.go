@@ -15,14 +15,6 @@ import (
 	mdns "github.com/miekg/dns"
 )
 
-// Health-check defaults for a GSLB whose Check leaves them out.
-const (
-	defaultCheckInterval = time.Second
-	defaultCheckTimeout  = 500 * time.Millisecond
-	defaultCheckFall     = 2
-	defaultCheckRise     = 2
-)
-
 // Balancer is a GSLB: it picks, for each asker, the healthy addresses of
 // the region its rule prefers, and health-checks every address over TCP.
 type Balancer struct {
@@ -191,16 +183,16 @@ func NewGSLB(cfg *GSLB, st *Counters, log *slog.Logger) (*Balancer, error) {
 		return nil, errors.New("gslb: negative check interval, timeout, fall or rise")
 	}
 	if c.Interval == 0 {
-		c.Interval = Duration(defaultCheckInterval)
+		c.Interval = Duration(DefaultCheckInterval)
 	}
 	if c.Timeout == 0 {
-		c.Timeout = Duration(min(defaultCheckTimeout, time.Duration(c.Interval)))
+		c.Timeout = Duration(min(DefaultCheckTimeout, time.Duration(c.Interval)))
 	}
 	if c.Fall == 0 {
-		c.Fall = defaultCheckFall
+		c.Fall = DefaultCheckFall
 	}
 	if c.Rise == 0 {
-		c.Rise = defaultCheckRise
+		c.Rise = DefaultCheckRise
 	}
 	for _, r := range b.regions {
 		b.st.Add("gslb_up_"+r.name, int64(len(r.targets)))

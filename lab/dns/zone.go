@@ -196,9 +196,12 @@ func (z *zone) negativeSOA() mdns.RR {
 	return soa
 }
 
-// copyRRs deep-copies rrs, so that a reply never shares records with the
-// zone.
-func copyRRs(rrs []mdns.RR) []mdns.RR {
+// CopyRRs deep-copies rrs (nil stays nil), so that a reply never shares
+// records with a zone or a cache.
+func CopyRRs(rrs []mdns.RR) []mdns.RR {
+	if rrs == nil {
+		return nil
+	}
 	out := make([]mdns.RR, len(rrs))
 	for i, rr := range rrs {
 		out[i] = mdns.Copy(rr)

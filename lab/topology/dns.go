@@ -112,10 +112,10 @@ const (
 	DefaultZoneTTL       = 300   // seconds
 	DefaultNegativeTTL   = 30    // seconds
 	DefaultGSLBTTL       = 5     // seconds
-	DefaultCheckFall     = 2
-	DefaultCheckRise     = 2
-	DefaultResolverMax   = 3600 // seconds
-	DefaultResolverNeg   = 300  // seconds
+	DefaultCheckFall     = dns.DefaultCheckFall
+	DefaultCheckRise     = dns.DefaultCheckRise
+	DefaultResolverMax   = int(dns.DefaultMaxTTL / time.Second)      // seconds
+	DefaultResolverNeg   = int(dns.DefaultNegativeTTL / time.Second) // seconds
 	DefaultHTTPDNSListen = ":80"
 )
 
@@ -134,8 +134,8 @@ const (
 
 // Health-check defaults and limits.
 const (
-	defaultCheckInterval = Duration(time.Second)
-	defaultCheckTimeout  = Duration(500 * time.Millisecond)
+	defaultCheckInterval = Duration(dns.DefaultCheckInterval)
+	defaultCheckTimeout  = Duration(dns.DefaultCheckTimeout)
 	minCheckInterval     = Duration(100 * time.Millisecond)
 )
 
@@ -1099,8 +1099,8 @@ func (t *Topology) expandDNS() {
 			}
 			cfg.HTTPDNS = &dns.HTTPDNSConfig{Listen: listen, Resolver: dns.ResolverConfig{
 				Hints:        hints,
-				MaxTTL:       seconds(DefaultResolverMax),
-				NegativeTTL:  seconds(DefaultResolverNeg),
+				MaxTTL:       dns.Duration(dns.DefaultMaxTTL),
+				NegativeTTL:  dns.Duration(dns.DefaultNegativeTTL),
 				ClientSubnet: true,
 			}}
 			if len(cfg.Zones) == 0 && cfg.Resolver == nil {

@@ -30,8 +30,6 @@ const (
 	udpSize      = 1232
 	// exchangeTimeout bounds one exchange with one server.
 	exchangeTimeout = 800 * time.Millisecond
-	defaultMaxTTL   = time.Hour
-	defaultNegTTL   = 5 * time.Minute
 	// maxResolutions bounds the queries resolved (or waiting on a shared
 	// resolution) upstream at once; past it, misses get SERVFAIL.
 	maxResolutions = 512
@@ -83,10 +81,10 @@ func New(cfg *dns.ResolverConfig, st *dns.Counters, log *slog.Logger) (*Resolver
 		now:     time.Now,
 	}
 	if r.maxTTL <= 0 {
-		r.maxTTL = defaultMaxTTL
+		r.maxTTL = dns.DefaultMaxTTL
 	}
 	if r.negTTL <= 0 {
-		r.negTTL = defaultNegTTL
+		r.negTTL = dns.DefaultNegativeTTL
 	}
 	if len(cfg.Hints) == 0 {
 		return nil, errors.New("resolver: no root hints")
@@ -867,7 +865,7 @@ func (g *group) do(ctx context.Context, k string, fn func() (result, []dns.Step,
 		select {
 		case <-f.done:
 			res := f.res
-			res.answer, res.ns = copyRRs(res.answer), copyRRs(res.ns)
+			res.answer, res.ns = dns.CopyRRs(res.answer), dns.CopyRRs(res.ns)
 			return res, append([]dns.Step(nil), f.steps...), f.exchanges
 		case <-ctx.Done():
 			return result{rcode: mdns.RcodeServerFailure}, nil, 0
@@ -886,7 +884,7 @@ func (g *group) do(ctx context.Context, k string, fn func() (result, []dns.Step,
 
 	f.res, f.steps, f.exchanges = fn()
 	res := f.res
-	res.answer, res.ns = copyRRs(res.answer), copyRRs(res.ns)
+	res.answer, res.ns = dns.CopyRRs(res.answer), dns.CopyRRs(res.ns)
 	return res, f.steps, f.exchanges
 }
 
@@ -898,15 +896,4 @@ func (g *group) waiting(k string) int {
 		return f.dups
 	}
 	return 0
-}
-
-func copyRRs(rrs []mdns.RR) []mdns.RR {
-	if rrs == nil {
-		return nil
-	}
-	out := make([]mdns.RR, len(rrs))
-	for i, rr := range rrs {
-		out[i] = mdns.Copy(rr)
-	}
-	return out
 }

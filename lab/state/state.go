@@ -41,6 +41,15 @@ func ServiceDir(lab string) string { return filepath.Join(Dir(lab), "services") 
 // LogDir holds service logs.
 func LogDir(lab string) string { return filepath.Join(Dir(lab), "logs") }
 
+// PKIDir holds the lab's certificates (lab/pki).
+func PKIDir(lab string) string { return filepath.Join(Dir(lab), "pki") }
+
+// DataDir holds what one service of a node keeps: a database, a cache's
+// files, a load balancer's configuration.
+func DataDir(lab, node, service string) string {
+	return filepath.Join(Dir(lab), "data", node, service)
+}
+
 // ErrNoLab is returned for a lab with no state.
 var ErrNoLab = errors.New("no such lab")
 

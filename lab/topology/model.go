@@ -23,6 +23,8 @@ type Topology struct {
 	VPCs map[string]*VPC `yaml:"vpcs,omitempty" json:"vpcs,omitempty"`
 	// Zones are the lab's DNS zones by name, "." for the root (see dns.go).
 	Zones map[string]*Zone `yaml:"zones,omitempty" json:"zones,omitempty"`
+	// PKI is the lab's certificate authority (see pki.go).
+	PKI *PKI `yaml:"pki,omitempty" json:"pki,omitempty"`
 
 	// File is the path the topology was read from ("" when generated).
 	File     string `yaml:"-" json:"-"`

@@ -56,6 +56,7 @@ func (t *Topology) Validate() error {
 	c.region()
 	c.bgp()
 	c.dns()
+	c.pki()
 	if len(c.probs) == 0 {
 		// The rest checks the lab as it will be built, with the cloud
 		// declarations and the BGP speakers resolved; the new links are

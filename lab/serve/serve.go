@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -99,4 +100,25 @@ func Echo(ctx context.Context, listen string, log *slog.Logger) error {
 			io.Copy(c, c)
 		}()
 	}
+}
+
+// NodeIPv4 is the namespace's first global unicast IPv4 address: where a
+// VM's server listens and what it registers.
+func NodeIPv4() (netip.Addr, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagLoopback != 0 || ifc.Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && p.Addr().IsGlobalUnicast() {
+				return p.Addr(), nil
+			}
+		}
+	}
+	return netip.Addr{}, errors.New("no IPv4 address on any interface of this namespace")
 }

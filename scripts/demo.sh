@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# The README's first command: bring the sample lab up, send a ping and an
-# HTTP request across its router, show it, and take it down again.
+# The README's first command: bring the default Double-11 lab up and place
+# an order from a subscriber of each carrier, end to end (real DNS, TLS,
+# HAProxy, controllers, gRPC services found in etcd, PostgreSQL). The lab
+# stays up afterwards for exploring; `labctl down double11` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 labctl=bin/labctl
-topo=topologies/sample.yaml
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "labctl doctor"
 $labctl doctor || true
-step "labctl up -t $topo"
-$labctl up -t "$topo"
-# Whatever happens below, the lab goes away.
-trap '$labctl down sample' EXIT
-step "labctl status"
-$labctl status
-step "labctl exec h1 -- ping -c3 h2.sample.test   (h1 → switch s1 → router r1 → h2)"
-$labctl exec h1 -- ping -c3 -W2 h2.sample.test
-step "labctl exec h1 -- ping -6 -c1 fd00:2::10"
-$labctl exec h1 -- ping -6 -c1 -W2 fd00:2::10
-step "labctl exec h1 -- curl http://h2.sample.test/   (served by h2's web service)"
-$labctl exec h1 -- curl -sS --max-time 5 http://h2.sample.test/
-step "labctl inspect"
-$labctl inspect
-step "labctl down sample"
+step "labctl up   (topologies/double11.yaml: carriers, DNS, two cloud regions, the shop)"
+if ! $labctl up; then
+	echo "labctl up failed; its logs: labctl logs --lab double11" >&2
+	exit 1
+fi
+step "labctl dig ue1 www.shop.example   (carrier A's resolver → root → tld → ns1 → GSLB)"
+$labctl dig ue1 www.shop.example
+step "labctl order --from ue1   (carrier A: the GSLB sends it to region east)"
+$labctl order --from ue1
+step "labctl order --from ue2 --coupon D11-10   (carrier B: region north)"
+$labctl order --from ue2 --coupon D11-10
+step "labctl orders   (the primary; --standby reads the streaming replica)"
+$labctl orders
+cat <<'MSG'
+
+The lab is still up. Try:
+  sudo bin/labctl order --from ue2 --qty 2        # another order
+  sudo bin/labctl orders --standby                # what the hot standby has
+  sudo bin/labctl capture east-gw eth1 -c 6 --filter 'tcp port 443'   # the TLS handshake on the wire
+  sudo bin/labctl bench orders -d 5s              # load through the whole path
+  sudo bin/labctl down double11                   # remove everything the lab made
+MSG

@@ -46,7 +46,12 @@ go_want="$(awk '$1 == "go" { print $2; exit }' "$gomod")"
 
 packages=(iproute2 tcpdump ethtool iptables nftables conntrack iputils-ping curl
 	openvswitch-switch iperf3 jq traceroute dnsutils
+	haproxy etcd-server redis-server postgresql
 	sudo make ca-certificates git bash-completion)
+# Servers that labctl runs inside lab namespaces; their packages would also
+# start (and enable) them on the host, which the lab never wants.
+lab_servers=(haproxy etcd-server redis-server postgresql)
+declare -A unit_of=([haproxy]=haproxy [etcd-server]=etcd [redis-server]=redis-server [postgresql]=postgresql)
 # Mininet for the benchmark comparison; its lxbr switch needs brctl, and bc does the sums.
 [ "$with_mininet" = 1 ] && packages+=(mininet bridge-utils bc)
 
@@ -73,8 +78,29 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
 	apt_update
 	for p in "${missing[@]}"; do echo "+ installing $p"; done
-	apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+	# policy-rc.d (exit 101) tells the packages not to start their servers on
+	# the host; an existing one is left as it is.
+	policy=/usr/sbin/policy-rc.d
+	own_policy=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=1
+	fi
+	apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
+		[ "$own_policy" = 1 ] && rm -f "$policy"
 		die "apt-get install ${missing[*]} failed"
+	}
+	[ "$own_policy" = 1 ] && rm -f "$policy"
+	# ... nor at the next boot.
+	if [ -d /run/systemd/system ]; then
+		for p in "${missing[@]}"; do
+			for s in "${lab_servers[@]}"; do
+				if [ "$p" = "$s" ]; then
+					echo "+ systemctl disable ${unit_of[$s]} (labctl runs it inside lab namespaces only)"
+					systemctl disable --now "${unit_of[$s]}" >/dev/null 2>&1 || true
+				fi
+			done
+		done
+	fi
 fi
 
 # Go: the go in PATH, else /usr/local/go (the official tarball's place).

@@ -26,7 +26,7 @@ type BenchResult struct {
 }
 
 func benchCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{Use: "bench", Short: "Measure labctl: up/down of generated labs, BGP convergence, DNS"}
+	c := &cobra.Command{Use: "bench", Short: "Measure labctl: up/down of generated labs, BGP convergence, DNS, the order path"}
 	var shape, name string
 	var sizes []int
 	var runs, fanout int
@@ -96,6 +96,6 @@ a settled kernel. Compare with Mininet:
 	up.Flags().DurationVar(&pause, "pause", 0, "wait before each run, so the kernel has freed the last run's namespaces")
 	up.Flags().IntVar(&fanout, "fanout", 2, "tree fanout")
 	up.Flags().StringVar(&name, "name", "bench", "lab name")
-	c.AddCommand(up, benchBGPCmd(g), benchDNSCmd(g))
+	c.AddCommand(up, benchBGPCmd(g), benchDNSCmd(g), benchOrdersCmd(g), benchLoopbackCmd())
 	return c
 }

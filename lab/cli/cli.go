@@ -21,7 +21,7 @@ import (
 )
 
 // DefaultTopology is used by up and plan without -t.
-const DefaultTopology = "topologies/sample.yaml"
+const DefaultTopology = "topologies/double11.yaml"
 
 type globals struct {
 	verbose bool
@@ -66,10 +66,12 @@ func newRoot(g *globals) *cobra.Command {
 pairs, bridges, addresses, routes, sysctls and supervised services, all
 marked as the lab's own so that 'labctl down' removes exactly what it made.
 
-  labctl up -t topologies/sample.yaml      build (or converge) a lab
-  labctl exec h1 -- ping -c1 10.0.2.10     run a command inside a node
-  labctl capture r1 eth1 -c 10             watch packets on an interface
-  labctl down sample                       remove everything the lab made
+  labctl up                                build the default lab (topologies/double11.yaml)
+  labctl order --from ue1                  place an order from a subscriber, end to end
+  labctl orders                            the orders and stock in the lab's database
+  labctl exec ue1 -- ping -c1 203.0.113.11 run a command inside a node
+  labctl capture east-gw eth1 -c 10        watch packets on an interface
+  labctl down double11                     remove everything the lab made
 
 Everything labctl does to the kernel needs root.`,
 		SilenceUsage:  true,
@@ -84,7 +86,7 @@ Everything labctl does to the kernel needs root.`,
 		return nil
 	}
 	root.AddCommand(upCmd(g), downCmd(g), planCmd(g), statusCmd(g), inspectCmd(g), execCmd(g), ovsCmd(g),
-		linkCmd(g), bgpCmd(g), digCmd(g), captureCmd(g), logsCmd(g), doctorCmd(g), genCmd(g), benchCmd(g), serveCmd(g))
+		linkCmd(g), bgpCmd(g), digCmd(g), orderCmd(g), ordersCmd(g), captureCmd(g), logsCmd(g), doctorCmd(g), genCmd(g), benchCmd(g), serveCmd(g))
 	return root
 }
 

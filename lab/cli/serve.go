@@ -77,6 +77,7 @@ func serveCmd(g *globals) *cobra.Command {
 	dnsc.Flags().StringVar(&dnsConfig, "config", "", "what the node serves as JSON (dns.Config)")
 	dnsc.MarkFlagRequired("config")
 	c.AddCommand(httpc, echo, ovsdb, bgpc, dnsc)
+	c.AddCommand(shopServeCmds(g)...)
 	return c
 }
 

@@ -37,11 +37,12 @@ func (e *Engine) Down(ctx context.Context, lab string) error {
 	// Services first, politely, then everything else in the namespaces.
 	sup := e.Supervisor(lab)
 	recs, _ := sup.Records()
-	for _, r := range recs {
-		if err := sup.Stop(r.Node, r.Service); err != nil {
-			errs = append(errs, fmt.Errorf("stop %s: %w", r.Key(), err))
+	errs = append(errs, e.each(context.WithoutCancel(ctx), len(recs), func(i int) error {
+		if err := sup.Stop(recs[i].Node, recs[i].Service); err != nil {
+			return fmt.Errorf("stop %s: %w", recs[i].Key(), err)
 		}
-	}
+		return nil
+	})...)
 	if err := netns.Kill(nss, links.KillGrace); err != nil {
 		errs = append(errs, err)
 	}

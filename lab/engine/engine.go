@@ -21,6 +21,7 @@ import (
 	"labctl/lab/nat"
 	"labctl/lab/netns"
 	"labctl/lab/ovs"
+	"labctl/lab/pki"
 	"labctl/lab/plan"
 	"labctl/lab/service"
 	"labctl/lab/state"
@@ -121,6 +122,9 @@ func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) 
 	e.report(Event{Lab: t.Name, Phase: "observe", Status: "ok", Elapsed: time.Since(t0),
 		Message: fmt.Sprintf("%d namespaces found, %d changes planned", len(obs.Namespaces), len(p.Steps))})
 	res := &Result{Lab: t.Name, Changes: len(p.Steps), Plan: p}
+	if err := e.ensurePKI(t); err != nil {
+		return res, err
+	}
 	if p.Empty() && prev != nil && prev.Status == "up" {
 		res.Elapsed = time.Since(start)
 		e.report(Event{Lab: t.Name, Status: "info", Message: "lab is up to date"})
@@ -429,4 +433,21 @@ func union(a, b []string) []string {
 func joinSorted(errs []error) error {
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
 	return errors.Join(errs...)
+}
+
+// ensurePKI makes (or keeps) the lab's certificate authority and server
+// certificate in its state directory before any service needs them.
+func (e *Engine) ensurePKI(t *topology.Topology) error {
+	names := t.CertNames()
+	if len(names) == 0 {
+		return nil
+	}
+	t0 := time.Now()
+	b, err := pki.Ensure(state.PKIDir(t.Name), t.Name, names)
+	if err != nil {
+		return fmt.Errorf("lab %s: certificates: %w", t.Name, err)
+	}
+	e.report(Event{Lab: t.Name, Phase: "pki", Status: "ok", Steps: 1, Elapsed: time.Since(t0),
+		Message: fmt.Sprintf("lab root CA %s; server certificate for %s", b.Root, strings.Join(names, ", "))})
+	return nil
 }

@@ -1,0 +1,283 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"labctl/lab/cli"
+	"labctl/lab/netns"
+	"labctl/lab/serve"
+	"labctl/lab/service"
+	"labctl/lab/shop/registry"
+	"labctl/lab/state"
+	"labctl/lab/topology"
+)
+
+// The order path end to end on topologies/double11.yaml: subscribers of
+// two carriers order through real DNS, TLS, HAProxy, controllers, gRPC
+// services found in etcd, and PostgreSQL with a streaming standby.
+
+var (
+	poolA = netip.MustParsePrefix("198.51.100.0/28")  // carrier A's CGNAT pool
+	poolB = netip.MustParsePrefix("198.51.100.64/28") // carrier B's
+)
+
+// labctlOrder runs `labctl order --format json`; a refused order (HTTP
+// 4xx/5xx) is returned, not fatal.
+func labctlOrder(t *testing.T, lab string, args ...string) cli.OrderResult {
+	t.Helper()
+	out, err := exec.Command(labctlBin, append([]string{"order", "--lab", lab, "--format", "json"}, args...)...).Output()
+	var r cli.OrderResult
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("labctl order %v: %v %v\n%s%s", args, err, jerr, out, stderr)
+	}
+	if err != nil && r.Status < 400 {
+		t.Fatalf("labctl order %v failed with HTTP %d: %v", args, r.Status, err)
+	}
+	return r
+}
+
+// labctlOrders runs `labctl orders --format json`.
+func labctlOrders(t *testing.T, lab string, args ...string) cli.OrdersResult {
+	t.Helper()
+	out, err := exec.Command(labctlBin, append([]string{"orders", "--lab", lab, "--format", "json", "--limit", "1000"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("labctl orders %v: %v\n%s", args, err, out)
+	}
+	var r cli.OrdersResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("labctl orders %v: %v\n%s", args, err, out)
+	}
+	return r
+}
+
+func stockOf(r cli.OrdersResult, sku string) int64 {
+	for _, p := range r.Products {
+		if p.SKU == sku {
+			return p.Stock
+		}
+	}
+	return -1
+}
+
+// registryIn lists a region's instances of a service from inside a node:
+// the etcd client's connections are dialled in that node's namespace.
+func registryIn(t *testing.T, lab, node, region, service string) []string {
+	t.Helper()
+	ns := topology.Namespace(lab, node)
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := netns.Do(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			return err
+		})
+		return c, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"10.20.1.30:2379"}, DialTimeout: 3 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial), grpc.WithTransportCredentials(insecure.NewCredentials())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	ins, err := registry.List(ctx, cli, region, service)
+	if err != nil {
+		t.Fatalf("registry %s/%s: %v", region, service, err)
+	}
+	var out []string
+	for _, in := range ins {
+		out = append(out, in.Instance)
+	}
+	return out
+}
+
+// servicePID is the PID the supervisor recorded for node/svc.
+func servicePID(t *testing.T, lab, node, svc string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(state.ServiceDir(lab), node+"."+svc+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r service.Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.PID
+}
+
+func TestOrderPath(t *testing.T) {
+	needRoot(t)
+	lab := labName(t, "o")
+	before := rootSnapshot(t)
+	tp := labTopology(t, "double11", lab)
+	e, downed := upForTest(t, tp)
+	if _, _, err := e.WaitBGP(context.Background(), lab, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	// One order from a subscriber of each carrier: each lands in the region
+	// the GSLB chose for its resolver, through one of that region's VIPs,
+	// and the shop sees the carrier's public pool address.
+	a := labctlOrder(t, lab, "--from", "ue1", "--qty", "2")
+	b := labctlOrder(t, lab, "--from", "ue2")
+	for _, c := range []struct {
+		r      cli.OrderResult
+		region string
+		vips   []string
+		pool   netip.Prefix
+		qty    int32
+	}{{a, "east", eastVIPs, poolA, 2}, {b, "north", northVIPs, poolB, 1}} {
+		r := c.r
+		if r.Status != 201 || r.Order == nil {
+			t.Fatalf("order from %s: HTTP %d %+v", r.From, r.Status, r.Error)
+		}
+		chosen := labctlDig(t, lab, r.From, shopName).Addresses
+		if !slices.Contains(chosen, r.RemoteIP) || !slices.Contains(c.vips, r.RemoteIP) {
+			t.Errorf("%s posted to %s; the GSLB answered %v; want one of %s's %v", r.From, r.RemoteIP, chosen, c.region, c.vips)
+		}
+		if r.Order.Region != c.region || !strings.HasPrefix(r.Order.Controller, c.region+"-") ||
+			!strings.HasPrefix(r.Order.OrderInstance, c.region+"-") || !strings.HasPrefix(r.Order.InventoryInstance, c.region+"-") {
+			t.Errorf("%s's order went through %s/%s/%s/%s, want region %s throughout", r.From,
+				r.Order.Region, r.Order.Controller, r.Order.OrderInstance, r.Order.InventoryInstance, c.region)
+		}
+		if ap, err := netip.ParseAddrPort(r.Order.Client); err != nil || !c.pool.Contains(ap.Addr()) {
+			t.Errorf("%s's order came from %q, want an address of its carrier's pool %s", r.From, r.Order.Client, c.pool)
+		}
+		if r.Order.Quantity != c.qty || r.Order.Replayed || r.Verify != "ok" || r.Timing.TLS <= 0 || r.Timing.DNS <= 0 {
+			t.Errorf("%s: %+v, verify %s, timing %+v", r.From, r.Order, r.Verify, r.Timing)
+		}
+	}
+
+	// The database has exactly those orders; stock dropped by their
+	// quantities; the standby has them too.
+	db := labctlOrders(t, lab)
+	ids := func(r cli.OrdersResult) []string {
+		var out []string
+		for _, o := range r.Orders {
+			out = append(out, o.ID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := []string{a.OrderID, b.OrderID}
+	slices.Sort(want)
+	if got := ids(db); !slices.Equal(got, want) || db.Total != 2 {
+		t.Fatalf("orders in the primary: %v (total %d), want %v", got, db.Total, want)
+	}
+	if s := stockOf(db, "phone-x"); s != 100000-3 {
+		t.Errorf("phone-x stock %d after 3 ordered, want %d", s, 100000-3)
+	}
+	waitUntil(t, 10*time.Second, "the standby to have both orders", func() bool {
+		sb := labctlOrders(t, lab, "--standby")
+		return slices.Equal(ids(sb), want) && stockOf(sb, "phone-x") == 100000-3
+	})
+
+	// The same order id twice: one order, one deduction.
+	again := labctlOrder(t, lab, "--from", "ue1", "--qty", "2", "--id", a.OrderID)
+	if again.Status != 200 || again.Order == nil || !again.Order.Replayed || again.Order.Created != a.Order.Created {
+		t.Errorf("same id again: HTTP %d %+v, want 200 and the first order replayed", again.Status, again.Order)
+	}
+	if db = labctlOrders(t, lab); db.Total != 2 || stockOf(db, "phone-x") != 100000-3 {
+		t.Errorf("after the replay: %d orders, phone-x %d; want 2 and %d", db.Total, stockOf(db, "phone-x"), 100000-3)
+	}
+
+	// TLS is real: curl with the system's CAs (not the lab root) refuses.
+	out, err := run(lab, "ue1", "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "https://"+shopName+"/healthz")
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 60 {
+		t.Errorf("curl without the lab CA: %v %s; want exit 60 (certificate not trusted)", err, out)
+	}
+
+	// 50 concurrent orders from both carriers for a SKU with stock 10:
+	// exactly 10 succeed, the rest are told it is out of stock.
+	var mu sync.Mutex
+	codes := map[string]int{}
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := labctlOrder(t, lab, "--from", []string{"ue1", "ue2"}[i%2], "--sku", "flash-1", "--id", fmt.Sprintf("flash-%d", i))
+			code := fmt.Sprint(r.Status)
+			if r.Error != nil {
+				code += " " + r.Error.Error.Code
+			}
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if codes["201"] != 10 || codes["409 out_of_stock"] != 40 {
+		t.Errorf("50 orders for 10 in stock: %v; want 10×201 and 40×409 out_of_stock", codes)
+	}
+	db = labctlOrders(t, lab)
+	flash := 0
+	for _, o := range db.Orders {
+		if o.SKU == "flash-1" {
+			flash++
+		}
+	}
+	if s := stockOf(db, "flash-1"); s != 0 || flash != 10 {
+		t.Errorf("flash-1: stock %d, %d orders; want 0 and 10", s, flash)
+	}
+
+	// Kill one controller and one order-service instance: HAProxy's checks
+	// and the registry's leases route around them, and orders go on.
+	for _, k := range [][2]string{{"east-app1", "controller"}, {"east-app2", "order"}} {
+		if err := syscall.Kill(servicePID(t, lab, k[0], k[1]), syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %s/%s: %v", k[0], k[1], err)
+		}
+	}
+	for i := range 10 {
+		r := labctlOrder(t, lab, "--from", "ue1", "--id", fmt.Sprintf("after-kill-%d", i))
+		if r.Status != 201 || r.Order.Controller != "east-app2" || r.Order.OrderInstance != "east-app1" {
+			t.Fatalf("order %d after the kills: HTTP %d %+v %+v; want 201 via controller east-app2 and order east-app1", i, r.Status, r.Order, r.Error)
+		}
+	}
+	waitUntil(t, 5*time.Second, "the dead order instance's lease to expire", func() bool {
+		return slices.Equal(registryIn(t, lab, "east-app1", "east", "order"), []string{"east-app1"})
+	})
+	for _, slb := range []string{"east-slb1", "east-slb2", "east-slb3"} {
+		waitUntil(t, 5*time.Second, slb+" to mark east-app1 down", func() bool {
+			st, err := serve.HAProxyStats(filepath.Join(state.DataDir(lab, slb, "haproxy"), "admin.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range st {
+				if s.Name == "east-app1" {
+					return strings.HasPrefix(s.Status, "DOWN")
+				}
+			}
+			return false
+		})
+	}
+
+	// down leaves nothing: no processes, no data, the root namespace as it was.
+	*downed = true
+	downClean(t, e, lab, "after the order path")
+	if after := rootSnapshot(t); after != before {
+		t.Errorf("the root namespace changed:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+}

@@ -180,6 +180,16 @@ func resolveLab(lab string) (string, error) {
 	return "", fmt.Errorf("several labs are up (%s): choose one with --lab", strings.Join(labs, ", "))
 }
 
+// labRecord is resolveLab, then the lab's record.
+func labRecord(lab string) (string, *state.Lab, error) {
+	lab, err := resolveLab(lab)
+	if err != nil {
+		return "", nil, err
+	}
+	rec, err := state.Load(lab)
+	return lab, rec, err
+}
+
 // nodeNamespace returns the namespace of node in lab, checking it exists.
 func nodeNamespace(lab, node string) (string, *topology.Node, error) {
 	rec, err := state.Load(lab)

@@ -14,7 +14,6 @@ import (
 
 	"labctl/lab/dns"
 	"labctl/lab/netns"
-	"labctl/lab/state"
 	"labctl/lab/topology"
 )
 
@@ -72,11 +71,7 @@ dig tool:  labctl exec NODE -- dig NAME`,
 			if _, ok := mdns.IsDomainName(name); !ok || len(mdns.Fqdn(name)) > 254 {
 				return fmt.Errorf("%q is not a domain name", name)
 			}
-			lab, err := resolveLab(lab)
-			if err != nil {
-				return err
-			}
-			rec, err := state.Load(lab)
+			lab, rec, err := labRecord(lab)
 			if err != nil {
 				return err
 			}

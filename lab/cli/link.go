@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"labctl/lab/links"
-	"labctl/lab/state"
 	"labctl/lab/topology"
 )
 
@@ -36,11 +35,7 @@ that link at once and withdraws what it learned there), and the next
 			default:
 				return fmt.Errorf("write: labctl link down|up A B (not %q)", args[0])
 			}
-			lab, err := resolveLab(lab)
-			if err != nil {
-				return err
-			}
-			rec, err := state.Load(lab)
+			lab, rec, err := labRecord(lab)
 			if err != nil {
 				return err
 			}

@@ -87,11 +87,7 @@ same id again returns the same order and never deducts stock twice. Without
   sudo labctl order --coupon D11-10 --format json | jq .timing`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			lab, err := resolveLab(lab)
-			if err != nil {
-				return err
-			}
-			rec, err := state.Load(lab)
+			lab, rec, err := labRecord(lab)
 			if err != nil {
 				return err
 			}
@@ -302,11 +298,7 @@ replicated to it.`,
   sudo labctl orders --format json | jq '.products[] | {sku, stock}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			lab, err := resolveLab(lab)
-			if err != nil {
-				return err
-			}
-			rec, err := state.Load(lab)
+			lab, rec, err := labRecord(lab)
 			if err != nil {
 				return err
 			}

@@ -274,7 +274,7 @@ func labLoad(ctx context.Context, ns, pkiDir string, vips []string, run string, 
 // loopbackLoad runs `labctl bench orders-loopback` inside the first app
 // VM (the node running an order service) and reads its result.
 func loopbackLoad(ctx context.Context, t *topology.Topology, run string, workers int, dur time.Duration, skus int) (loadgen.Result, error) {
-	node, o, err := orderService(t)
+	node, o, err := appNode(t)
 	if err != nil {
 		return loadgen.Result{}, err
 	}
@@ -299,9 +299,9 @@ func loopbackLoad(ctx context.Context, t *topology.Topology, run string, workers
 
 type tierFlags struct{ db, redis string }
 
-// orderService finds the first node (by name) running the inventory
+// appNode finds the first node (by name) running the inventory
 // service, and the database and cache it uses.
-func orderService(t *topology.Topology) (string, tierFlags, error) {
+func appNode(t *topology.Topology) (string, tierFlags, error) {
 	for _, n := range t.NodeNames() {
 		for _, s := range t.Nodes[n].Services {
 			c := s.Command

@@ -36,7 +36,7 @@ const (
 	maxBody        = 64 << 10 // bytes of a purchase order body
 	maxQuantity    = 100
 	maxUserRunes   = 64
-	shutdownGrace  = 2 * time.Second
+	shutdownGrace  = 500 * time.Millisecond
 	headerTimeout  = 5 * time.Second // for the PROXY header and then the HTTP one
 )
 
@@ -526,7 +526,7 @@ func amount(cents int64) string {
 }
 
 // Serve answers on addr until ctx ends, then shuts down gracefully
-// (2 s). With proxyV2 every connection must start with HAProxy's PROXY v2
+// (shutdownGrace). With proxyV2 every connection must start with HAProxy's PROXY v2
 // header (one without is refused), so r.RemoteAddr is the subscriber's
 // public address rather than the SLB's.
 func Serve(ctx context.Context, addr string, proxyV2 bool, c Config) error {

@@ -120,6 +120,9 @@ func TestTcpdumpArgs(t *testing.T) {
 	if got != "tcpdump -i eth1 -U --immediate-mode -nn -w /tmp/x.pcap -Z root -c 5 icmp" {
 		t.Fatal(got)
 	}
+	if got := strings.Join(tcpdumpArgs("eth1", "", 0, ""), " "); got != "tcpdump -i eth1 -U --immediate-mode -nn -l" {
+		t.Fatal(got)
+	}
 }
 
 // --- as root: the real thing ---

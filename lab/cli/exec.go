@@ -110,6 +110,9 @@ func tcpdumpArgs(iface, write string, count int, filter string) []string {
 	if write != "" {
 		// -Z root: write where root can, without tcpdump dropping privileges.
 		argv = append(argv, "-w", write, "-Z", "root")
+	} else {
+		// Line-buffered: each packet reaches a pipe or file at once.
+		argv = append(argv, "-l")
 	}
 	if count > 0 {
 		argv = append(argv, "-c", strconv.Itoa(count))

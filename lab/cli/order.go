@@ -35,15 +35,14 @@ type OrderResult struct {
 	Lab      string                     `json:"lab"`
 	From     string                     `json:"from"`
 	URL      string                     `json:"url"`
-	OrderID  string                     `json:"orderId"`
+	OrderID  string                     `json:"order_id"`
 	Status   int                        `json:"status"`
 	RemoteIP string                     `json:"remote_ip"`
 	Order    *controller.OrderResponse  `json:"order,omitempty"`
-	Error    *controller.ErrorBody      `json:"error,omitempty"`
+	Error    *controller.Error          `json:"error,omitempty"`
 	Timing   OrderTiming                `json:"timing"`
 	Request  *controller.OrderRequest   `json:"request"`
 	Verify   string                     `json:"tls_verify"` // "ok" or curl's verify result
-	Raw      json.RawMessage            `json:"-"`
 	curl     map[string]json.RawMessage // curl's --write-out %{json}
 }
 
@@ -205,12 +204,12 @@ func postOrder(ctx context.Context, ns, rootCA, url string, req *controller.Orde
 	if err != nil {
 		return res, err
 	}
-	res.Raw = raw
 	if res.Status >= 400 {
-		res.Error = &controller.ErrorBody{}
-		if json.Unmarshal(raw, res.Error) != nil {
+		var eb controller.ErrorBody
+		if json.Unmarshal(raw, &eb) != nil || eb.Error.Code == "" {
 			return res, fmt.Errorf("HTTP %d: %s", res.Status, strings.TrimSpace(string(raw)))
 		}
+		res.Error = &eb.Error
 		return res, nil
 	}
 	res.Order = &controller.OrderResponse{}
@@ -253,7 +252,7 @@ func printOrder(w io.Writer, r *OrderResult) {
 	if o := r.Order; o != nil {
 		what := "created"
 		if o.Replayed {
-			what = "replayed (this id was ordered before: same order, no second deduction)"
+			what = "replayed (this id was ordered before: the stored order, its path and client are the first call's; no second deduction)"
 		}
 		fmt.Fprintf(w, "  order     %s %s: %s × %d at %s", o.OrderID, what, o.SKU, o.Quantity, o.Price)
 		if o.Coupon != "" {
@@ -265,7 +264,7 @@ func printOrder(w io.Writer, r *OrderResult) {
 		fmt.Fprintf(w, "  client    %s (the subscriber as the shop saw it)\n", o.Client)
 	}
 	if e := r.Error; e != nil {
-		fmt.Fprintf(w, "  error     %s: %s\n", e.Error.Code, e.Error.Message)
+		fmt.Fprintf(w, "  error     %s: %s\n", e.Code, e.Message)
 	}
 	t := r.Timing
 	fmt.Fprintf(w, "  timing    DNS %s  connect %s  TLS %s  first byte %s  total %s\n",

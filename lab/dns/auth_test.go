@@ -519,7 +519,7 @@ func TestAuthorityGSLB(t *testing.T) {
 		for _, rr := range r.Answer {
 			got = append(got, rr.(*mdns.A).A.String())
 		}
-		if !slices.Equal(got, c.addrs) {
+		if slices.Sort(got); !slices.Equal(got, c.addrs) {
 			t.Errorf("ECS %s: %v, want %v", c.prefix, got, c.addrs)
 		}
 		opt := r.IsEdns0()

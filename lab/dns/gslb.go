@@ -32,7 +32,8 @@ type Balancer struct {
 	dial func(ctx context.Context, addr string) error
 
 	mu       sync.Mutex
-	failOpen bool // the last Select found no healthy region
+	failOpen bool   // the last Select found no healthy region
+	turn     uint64 // answers given: where the next one starts (round robin)
 }
 
 type gslbRegion struct {
@@ -258,6 +259,11 @@ func (b *Balancer) Select(client netip.Addr) (addrs []netip.Addr, region string)
 			}
 		}
 		if len(addrs) > 0 {
+			// Round robin: each answer starts one address further, so
+			// clients that take the first spread over the region.
+			n := int(b.turn % uint64(len(addrs)))
+			b.turn++
+			addrs = append(addrs[n:], addrs[:n]...)
 			if b.failOpen {
 				b.failOpen = false
 				b.log.Info("gslb: a region is healthy again, no longer failing open", "region", r.name)

@@ -61,9 +61,27 @@ func TestGSLBSelectRules(t *testing.T) {
 		{"2001:db8::1", []string{"203.0.113.1", "203.0.113.2"}, "east"},
 	} {
 		addrs, region := b.Select(netip.MustParseAddr(c.client))
-		if got := addrStrings(addrs); !slices.Equal(got, c.addrs) || region != c.region {
+		// The order rotates from answer to answer (TestGSLBRoundRobin).
+		if got := slices.Sorted(slices.Values(addrStrings(addrs))); !slices.Equal(got, c.addrs) || region != c.region {
 			t.Errorf("Select(%s) = %v %s, want %v %s", c.client, got, region, c.addrs, c.region)
 		}
+	}
+}
+
+// Consecutive answers start one address further each time, so clients
+// that take the first address spread over the region.
+func TestGSLBRoundRobin(t *testing.T) {
+	b, _, _ := newSampleBalancer(t)
+	var firsts []string
+	for range 4 {
+		addrs, _ := b.Select(netip.MustParseAddr("8.8.8.8"))
+		if len(addrs) != 2 {
+			t.Fatalf("answer %v, want both of east's addresses", addrs)
+		}
+		firsts = append(firsts, addrs[0].String())
+	}
+	if want := []string{"203.0.113.1", "203.0.113.2", "203.0.113.1", "203.0.113.2"}; !slices.Equal(firsts, want) {
+		t.Errorf("first addresses of 4 answers: %v, want %v", firsts, want)
 	}
 }
 

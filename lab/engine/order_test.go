@@ -24,6 +24,7 @@ import (
 	"labctl/lab/netns"
 	"labctl/lab/serve"
 	"labctl/lab/service"
+	"labctl/lab/shop/controller"
 	"labctl/lab/shop/registry"
 	"labctl/lab/state"
 	"labctl/lab/topology"
@@ -111,6 +112,16 @@ func registryIn(t *testing.T, lab, node, region, service string) []string {
 		out = append(out, in.Instance)
 	}
 	return out
+}
+
+// haproxyStats reads an SLB's servers through its admin socket.
+func haproxyStats(t *testing.T, lab, node string) []serve.HAProxyServer {
+	t.Helper()
+	st, err := serve.HAProxyStats(filepath.Join(state.DataDir(lab, node, "haproxy"), serve.HAProxySocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // servicePID is the PID the supervisor recorded for node/svc.
@@ -209,6 +220,24 @@ func TestOrderPath(t *testing.T) {
 		t.Errorf("curl without the lab CA: %v %s; want exit 60 (certificate not trusted)", err, out)
 	}
 
+	// Product reads go through the AZ's Redis: of three reads into two
+	// AZs' caches, at least one is a hit.
+	root := filepath.Join(state.PKIDir(lab), "root.pem")
+	hits := 0
+	for range 3 {
+		out := mustRun(t, lab, "ue1", "curl", "-sS", "--max-time", "5", "--cacert", root, "https://"+shopName+"/products/phone-x")
+		var p controller.ProductResponse
+		if err := json.Unmarshal([]byte(out), &p); err != nil || p.Price != "68.00" || !strings.HasPrefix(p.Instance, "east-") {
+			t.Fatalf("GET /products/phone-x from ue1: %v %s", err, out)
+		}
+		if p.Cache == "hit" {
+			hits++
+		}
+	}
+	if hits == 0 {
+		t.Error("three product reads, no cache hit")
+	}
+
 	// 50 concurrent orders from both carriers for a SKU with stock 10:
 	// exactly 10 succeed, the rest are told it is out of stock.
 	var mu sync.Mutex
@@ -221,7 +250,7 @@ func TestOrderPath(t *testing.T) {
 			r := labctlOrder(t, lab, "--from", []string{"ue1", "ue2"}[i%2], "--sku", "flash-1", "--id", fmt.Sprintf("flash-%d", i))
 			code := fmt.Sprint(r.Status)
 			if r.Error != nil {
-				code += " " + r.Error.Error.Code
+				code += " " + r.Error.Code
 			}
 			mu.Lock()
 			codes[code]++
@@ -243,6 +272,18 @@ func TestOrderPath(t *testing.T) {
 		t.Errorf("flash-1: stock %d, %d orders; want 0 and 10", s, flash)
 	}
 
+	// The GSLB and the resolver rotate the VIPs, so the orders spread over
+	// every SLB of each region.
+	for _, slb := range []string{"east-slb1", "east-slb2", "east-slb3", "north-slb1", "north-slb2", "north-slb3"} {
+		var total int64
+		for _, s := range haproxyStats(t, lab, slb) {
+			total += s.Total
+		}
+		if total == 0 {
+			t.Errorf("%s took no connection", slb)
+		}
+	}
+
 	// Kill one controller and one order-service instance: HAProxy's checks
 	// and the registry's leases route around them, and orders go on.
 	for _, k := range [][2]string{{"east-app1", "controller"}, {"east-app2", "order"}} {
@@ -261,11 +302,7 @@ func TestOrderPath(t *testing.T) {
 	})
 	for _, slb := range []string{"east-slb1", "east-slb2", "east-slb3"} {
 		waitUntil(t, 5*time.Second, slb+" to mark east-app1 down", func() bool {
-			st, err := serve.HAProxyStats(filepath.Join(state.DataDir(lab, slb, "haproxy"), "admin.sock"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, s := range st {
+			for _, s := range haproxyStats(t, lab, slb) {
 				if s.Name == "east-app1" {
 					return strings.HasPrefix(s.Status, "DOWN")
 				}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -126,34 +127,59 @@ func OrderServer(ctx context.Context, o Shop, inv api.InventoryClient, cpn api.C
 }
 
 // Controller runs the controller tier: HTTP behind the SLBs (PROXY v2),
-// calling the order service of its region through the registry. It is
-// healthy while the registry lists an order instance of its region.
+// calling the order service of its region through the registry, and its
+// inventory service for product reads. It is healthy while the registry
+// lists an order instance of its region (asked at most once a second:
+// three SLBs check every controller twice a second).
 func Controller(ctx context.Context, o Shop, log *slog.Logger) error {
 	cli, err := registry.Connect([]string{o.Etcd})
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	conn, err := registry.Dial(cli, o.Region, "order")
+	orders, err := registry.Dial(cli, o.Region, "order")
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	healthy := func() error {
+	defer orders.Close()
+	inv, err := registry.Dial(cli, o.Region, "inventory")
+	if err != nil {
+		return err
+	}
+	defer inv.Close()
+	return controller.Serve(ctx, o.Listen, true, controller.Config{
+		Region: o.Region, Instance: o.instance(), Log: log,
+		Orders: api.NewOrderClient(orders), Products: api.NewInventoryClient(inv),
+		Healthy: registryHealth(ctx, cli, o.Region, time.Second),
+	})
+}
+
+// registryHealth reports whether the registry lists an order instance of
+// region, remembering the answer for every.
+func registryHealth(ctx context.Context, cli *clientv3.Client, region string, every time.Duration) func() error {
+	var mu sync.Mutex
+	var at time.Time
+	var last error
+	return func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < every {
+			return last
+		}
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		ins, err := registry.List(ctx, cli, o.Region, "order")
-		if err != nil {
-			return fmt.Errorf("registry: %w", err)
+		ins, err := registry.List(ctx, cli, region, "order")
+		switch {
+		case err != nil:
+			last = fmt.Errorf("registry: %w", err)
+		case len(ins) == 0:
+			last = fmt.Errorf("no order instance of region %s in the registry", region)
+		default:
+			last = nil
 		}
-		if len(ins) == 0 {
-			return fmt.Errorf("no order instance of region %s in the registry", o.Region)
-		}
-		return nil
+		at = time.Now()
+		return last
 	}
-	return controller.Serve(ctx, o.Listen, true, controller.Config{
-		Region: o.Region, Instance: o.instance(), Orders: api.NewOrderClient(conn), Healthy: healthy, Log: log,
-	})
 }
 
 func openStore(ctx context.Context, o Shop) (*store.Store, error) {

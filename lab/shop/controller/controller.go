@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"labctl/lab/shop/api"
+	"labctl/lab/shop/store"
 )
 
 const (
@@ -48,8 +48,11 @@ type Config struct {
 	// always. A non-nil error makes /healthz answer 503 with its text
 	// (e.g. "no order instance in the registry").
 	Healthy func() error
-	Timeout time.Duration // per request RPC deadline, default 3s
-	Log     *slog.Logger  // nil: discard
+	// Products is the inventory service of the region, for GET
+	// /products/{sku} (product reads, through the AZ's cache); nil: 404.
+	Products api.InventoryClient
+	Timeout  time.Duration // per request RPC deadline, default 3s
+	Log      *slog.Logger  // nil: discard
 }
 
 // OrderRequest is the body of POST /purchaseOrder.
@@ -94,14 +97,29 @@ type OrderResponse struct {
 	Created           string `json:"created"`
 }
 
+// ProductResponse is GET /products/{sku}: the product page's read, served
+// by an inventory instance through its AZ's Redis.
+type ProductResponse struct {
+	SKU      string `json:"sku"`
+	Name     string `json:"name"`
+	Price    string `json:"price"`
+	Stock    int64  `json:"stock"` // may be the cache's (up to its TTL old)
+	Cache    string `json:"cache"` // hit or miss in the AZ's Redis
+	Instance string `json:"inventoryInstance"`
+}
+
 // ErrorBody is every error answer:
 // {"error":{"status":409,"code":"out_of_stock","message":"..."}}.
 type ErrorBody struct {
-	Error struct {
-		Status  int    `json:"status"`
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
+	Error Error `json:"error"`
+}
+
+// Error says what went wrong: the HTTP status, a code to switch on, and
+// a message for people.
+type Error struct {
+	Status  int    `json:"status"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
 // Body codes of errors the controller makes itself; the order service's
@@ -122,7 +140,6 @@ var (
 	skuRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,63}$`)
 	orderIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
 	couponRE  = regexp.MustCompile(`^[A-Z0-9-]{1,32}$`)
-	priceRE   = regexp.MustCompile(`^([0-9]{1,9})(?:\.([0-9]{1,2}))?$`)
 )
 
 // Constant header values, shared by every response (net/http only reads
@@ -167,6 +184,7 @@ func Handler(c Config) http.Handler {
 	}
 	h.mux.HandleFunc("/purchaseOrder", h.only(http.MethodPost, h.purchase))
 	h.mux.HandleFunc("/orders/{id}", h.only(http.MethodGet, h.order))
+	h.mux.HandleFunc("/products/{sku}", h.only(http.MethodGet, h.product))
 	h.mux.HandleFunc("/healthz", h.only(http.MethodGet, h.healthz))
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, &failure{http.StatusNotFound, codeNotFound, "no such path " + r.URL.Path})
@@ -233,6 +251,28 @@ func (h *handler) purchase(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Location", "/orders/"+reply.OrderId)
 	}
 	writeJSON(w, code, toResponse(reply))
+}
+
+// product is GET /products/{sku}.
+func (h *handler) product(w http.ResponseWriter, r *http.Request) {
+	sku := r.PathValue("sku")
+	if h.c.Products == nil {
+		h.fail(w, r, &failure{http.StatusNotFound, codeNotFound, "this controller serves no product reads"})
+		return
+	}
+	if !skuRE.MatchString(sku) {
+		h.fail(w, r, invalid("sku in the path must match %s", skuRE))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.c.Timeout)
+	p, err := h.c.Products.Product(ctx, &api.ProductRequest{Sku: sku})
+	cancel()
+	if err != nil {
+		h.failRPC(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ProductResponse{SKU: p.Sku, Name: p.Name, Price: store.FormatCents(p.PriceCents),
+		Stock: p.Stock, Cache: p.Cache, Instance: p.Instance})
 }
 
 // order is GET /orders/{id}.
@@ -411,13 +451,10 @@ func printable(s string, max int) bool {
 // parsePrice turns a positive decimal amount with at most two decimals
 // ("68", "68.5", "68.00") into cents.
 func parsePrice(s string) (int64, *failure) {
-	m := priceRE.FindStringSubmatch(s)
-	if m == nil {
+	cents, err := store.ParseMoney(s)
+	if err != nil {
 		return 0, invalid(`order.price must be a decimal amount with at most 2 decimals, like "68.00"`)
 	}
-	units, _ := strconv.ParseInt(m[1], 10, 64) // at most 9 digits: cannot fail
-	frac, _ := strconv.ParseInt((m[2] + "00")[:2], 10, 64)
-	cents := units*100 + frac
 	if cents == 0 {
 		return 0, invalid("order.price must be more than 0")
 	}
@@ -500,9 +537,9 @@ func toResponse(o *api.OrderReply) *OrderResponse {
 		User:              o.User,
 		SKU:               o.Sku,
 		Quantity:          o.Quantity,
-		Price:             amount(o.PriceCents),
-		Discount:          amount(o.DiscountCents),
-		Total:             amount(o.TotalCents),
+		Price:             store.FormatCents(o.PriceCents),
+		Discount:          store.FormatCents(o.DiscountCents),
+		Total:             store.FormatCents(o.TotalCents),
 		Coupon:            o.Coupon,
 		Region:            o.Region,
 		Controller:        o.Controller,
@@ -514,15 +551,6 @@ func toResponse(o *api.OrderReply) *OrderResponse {
 		Replayed:          o.Replayed,
 		Created:           o.Created,
 	}
-}
-
-// amount formats cents as a decimal with two decimals: 6800 → "68.00".
-func amount(cents int64) string {
-	sign := ""
-	if cents < 0 {
-		sign, cents = "-", -cents
-	}
-	return fmt.Sprintf("%s%d.%02d", sign, cents/100, cents%100)
 }
 
 // Serve answers on addr until ctx ends, then shuts down gracefully
@@ -602,7 +630,13 @@ type proxyConn struct {
 func (c *proxyConn) Read(b []byte) (int, error) {
 	if c.ProxyHeader() == nil { // under REQUIRE: missing, malformed or too slow
 		c.refused.Do(func() {
-			c.log.Warn("refused a connection without a PROXY header", "client", c.Raw().RemoteAddr().String())
+			// From loopback it is the supervisor's readiness probe, which
+			// connects and closes: not worth a warning.
+			level, from := slog.LevelWarn, c.Raw().RemoteAddr()
+			if a, ok := from.(*net.TCPAddr); ok && a.IP.IsLoopback() {
+				level = slog.LevelDebug
+			}
+			c.log.Log(context.Background(), level, "refused a connection without a PROXY header", "client", from.String())
 		})
 		return 0, io.EOF
 	}

@@ -439,14 +439,6 @@ func TestLogsOneLinePerError(t *testing.T) {
 	}
 }
 
-func TestAmount(t *testing.T) {
-	for cents, want := range map[int64]string{0: "0.00", 5: "0.05", 6800: "68.00", 13105: "131.05", -500: "-5.00"} {
-		if got := amount(cents); got != want {
-			t.Errorf("amount(%d) = %q, want %q", cents, got, want)
-		}
-	}
-}
-
 // startServe runs serve on a fresh loopback listener until the test ends.
 func startServe(t *testing.T, proxyV2 bool, c Config) string {
 	t.Helper()
@@ -498,7 +490,7 @@ func postTo(c *http.Client, addr string) (*http.Response, error) {
 func TestServeProxyV2(t *testing.T) {
 	f := &fakeOrders{}
 	var log syncBuffer
-	addr := startServe(t, true, Config{Region: "east", Instance: "east-ctl1", Orders: f, Log: slog.New(slog.NewTextHandler(&log, nil))})
+	addr := startServe(t, true, Config{Region: "east", Instance: "east-ctl1", Orders: f, Log: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	subscriber := &net.TCPAddr{IP: net.ParseIP("198.51.100.7"), Port: 40123}
 	resp, err := postTo(client(subscriber), addr)
 	if err != nil {
@@ -520,7 +512,8 @@ func TestServeProxyV2(t *testing.T) {
 	if len(f.calls()) != 1 {
 		t.Error("a request without a PROXY header reached the order service")
 	}
-	if !strings.Contains(log.String(), "refused a connection without a PROXY header") {
+	// From loopback (as here, and as the readiness probe) it is a debug line.
+	if !strings.Contains(log.String(), `level=DEBUG msg="refused a connection without a PROXY header"`) {
 		t.Errorf("the refusal was not logged: %s", log.String())
 	}
 }
@@ -589,4 +582,49 @@ func BenchmarkPurchase(b *testing.B) {
 			}
 		}
 	})
+}
+
+// fakeInventory answers Product for one SKU; the order path never calls
+// the controller's inventory client for anything else.
+type fakeInventory struct {
+	api.InventoryClient
+	cache string
+}
+
+func (f *fakeInventory) Product(_ context.Context, in *api.ProductRequest, _ ...grpc.CallOption) (*api.ProductReply, error) {
+	if in.Sku != "phone-x" {
+		return nil, api.Error(codes.NotFound, api.ReasonUnknownSKU, "no product "+in.Sku)
+	}
+	return &api.ProductReply{Sku: "phone-x", Name: "Phone X", PriceCents: 6800, Stock: 7, Cache: f.cache, Instance: "east-app2"}, nil
+}
+
+func TestProducts(t *testing.T) {
+	h := Handler(Config{Region: "east", Instance: "east-ctl1", Orders: &fakeOrders{}, Products: &fakeInventory{cache: "hit"}})
+	get := func(path string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+		return w
+	}
+	w := get("/products/phone-x")
+	var p ProductResponse
+	if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil || w.Code != 200 {
+		t.Fatalf("GET /products/phone-x: %d %s %v", w.Code, w.Body, err)
+	}
+	if want := (ProductResponse{SKU: "phone-x", Name: "Phone X", Price: "68.00", Stock: 7, Cache: "hit", Instance: "east-app2"}); p != want {
+		t.Errorf("product %+v, want %+v", p, want)
+	}
+	for path, want := range map[string]string{"/products/nope": "404 unknown_sku", "/products/Bad_SKU": "400 invalid"} {
+		w := get(path)
+		var e ErrorBody
+		json.Unmarshal(w.Body.Bytes(), &e)
+		if got := fmt.Sprint(w.Code, " ", e.Error.Code); got != want {
+			t.Errorf("GET %s: %s (%s), want %s", path, got, w.Body, want)
+		}
+	}
+	none := Handler(Config{Region: "east", Instance: "east-ctl1", Orders: &fakeOrders{}})
+	w = httptest.NewRecorder()
+	none.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/products/phone-x", nil))
+	if w.Code != http.StatusNotFound {
+		t.Errorf("without an inventory client: %d, want 404", w.Code)
+	}
 }

@@ -75,30 +75,40 @@ for p in "${packages[@]}"; do
 		missing+=("$p")
 	fi
 done
-if [ "${#missing[@]}" -gt 0 ]; then
+# The servers labctl runs inside lab namespaces go in their own apt-get
+# run, under a policy-rc.d that keeps their packages from starting them on
+# the host (an existing policy-rc.d is left as it is); everything else is
+# installed normally.
+is_lab_server() {
+	local s
+	for s in "${lab_servers[@]}"; do [ "$1" = "$s" ] && return 0; done
+	return 1
+}
+plain=() servers=()
+for p in "${missing[@]}"; do
+	if is_lab_server "$p"; then servers+=("$p"); else plain+=("$p"); fi
+done
+if [ "${#plain[@]}" -gt 0 ]; then
 	apt_update
-	for p in "${missing[@]}"; do echo "+ installing $p"; done
-	# policy-rc.d (exit 101) tells the packages not to start their servers on
-	# the host; an existing one is left as it is.
+	for p in "${plain[@]}"; do echo "+ installing $p"; done
+	apt_get install -y -qq --no-install-recommends "${plain[@]}" >/dev/null ||
+		die "apt-get install ${plain[*]} failed"
+fi
+if [ "${#servers[@]}" -gt 0 ]; then
+	apt_update
+	for p in "${servers[@]}"; do echo "+ installing $p (not started on the host)"; done
 	policy=/usr/sbin/policy-rc.d
-	own_policy=0
 	if [ ! -e "$policy" ]; then
-		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=1
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy"
+		trap 'rm -f "$policy"' EXIT
 	fi
-	apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
-		[ "$own_policy" = 1 ] && rm -f "$policy"
-		die "apt-get install ${missing[*]} failed"
-	}
-	[ "$own_policy" = 1 ] && rm -f "$policy"
+	apt_get install -y -qq --no-install-recommends "${servers[@]}" >/dev/null ||
+		die "apt-get install ${servers[*]} failed"
 	# ... nor at the next boot.
 	if [ -d /run/systemd/system ]; then
-		for p in "${missing[@]}"; do
-			for s in "${lab_servers[@]}"; do
-				if [ "$p" = "$s" ]; then
-					echo "+ systemctl disable ${unit_of[$s]} (labctl runs it inside lab namespaces only)"
-					systemctl disable --now "${unit_of[$s]}" >/dev/null 2>&1 || true
-				fi
-			done
+		for p in "${servers[@]}"; do
+			echo "+ systemctl disable ${unit_of[$p]} (labctl runs it inside lab namespaces only)"
+			systemctl disable --now "${unit_of[$p]}" >/dev/null 2>&1 || true
 		done
 	fi
 fi

@@ -52,9 +52,9 @@ type OrdersBenchResult struct {
 	Loopback loadgen.Result `json:"loopback"`
 	Ratio    float64        `json:"ratio"` // lab / loopback orders per second
 	// Checks against the database: each must be 0.
-	Duplicates int64 `json:"duplicates"` // stock deducted beyond the deductions recorded per order id
-	Oversold   int64 `json:"oversold"`   // stored orders' quantities beyond their recorded deductions
-	Lost       int64 `json:"lost"`       // orders answered 201 that the database does not have
+	Duplicates int64 `json:"duplicates"` // stock gone beyond the deductions recorded (one per order id)
+	Oversold   int64 `json:"oversold"`   // orders stored with no deduction behind them
+	Lost       int64 `json:"lost"`       // orders answered 201 (or OK) that the database does not have
 	// Deductions whose order was not written (a request that failed after
 	// deducting); the same order id again finishes them.
 	Unfinished int64 `json:"unfinished"`
@@ -83,10 +83,10 @@ of the two rates is what the network path costs.
 
 The orders go to --skus bench products made for the run (so that workers
 do not all fight over one row) and are checked against the database:
-duplicates (stock deducted beyond the stored orders), oversold (orders
-beyond the stock deducted) and lost (201 answers the database lacks) must
-all be 0. The run's products and orders are deleted, and the lab is taken
-down (timed) at the end.`,
+duplicates (stock gone beyond the deductions recorded, one per order id),
+oversold (orders stored with no deduction behind them) and lost (answered
+orders the database lacks) must all be 0; it fails otherwise. The lab is
+taken down (timed) at the end, and its database with it.`,
 		Example: `  sudo labctl bench orders
   sudo labctl bench orders -c 64 -d 20s --format json`,
 		Args: cobra.NoArgs,
@@ -122,17 +122,23 @@ down (timed) at the end.`,
 			t1 := time.Now()
 			derr := e.Down(context.WithoutCancel(ctx), t.Name)
 			res.Down = time.Since(t1)
-			if err != nil || derr != nil {
-				return fmt.Errorf("bench orders: %v; down: %v", err, derr)
+			switch {
+			case err != nil && derr != nil:
+				return fmt.Errorf("bench orders: %w (and down: %v)", err, derr)
+			case err != nil:
+				return fmt.Errorf("bench orders: %w", err)
+			case derr != nil:
+				return fmt.Errorf("bench orders: down: %w", derr)
 			}
 			if g.format == "json" {
-				return g.json(res)
+				err = g.json(res)
+			} else {
+				printOrdersBench(g, res)
 			}
-			printOrdersBench(g, res)
-			if res.Duplicates != 0 || res.Oversold != 0 || res.Lost != 0 {
-				return fmt.Errorf("the database disagrees with the answers: duplicates %d, oversold %d, lost %d", res.Duplicates, res.Oversold, res.Lost)
+			if err == nil && (res.Duplicates != 0 || res.Oversold != 0 || res.Lost != 0) {
+				err = fmt.Errorf("the database disagrees with the answers: duplicates %d, oversold %d, lost %d", res.Duplicates, res.Oversold, res.Lost)
 			}
-			return nil
+			return err
 		},
 	}
 	c.Flags().StringVarP(&file, "topology", "t", "", "topology file (default: $LABCTL_TOPOLOGY or "+DefaultTopology+")")
@@ -177,13 +183,12 @@ func benchOrdersRun(ctx context.Context, e *engine.Engine, t *topology.Topology,
 	run := "bench-" + strconv.FormatInt(time.Now().Unix(), 36)
 	cat := store.Catalog{}
 	for i := range skus {
-		cat.Products = append(cat.Products, store.Product{SKU: fmt.Sprintf("%s-%03d", run, i), Name: "bench", PriceCents: 100, Stock: 1 << 40})
+		cat.Products = append(cat.Products, store.Product{SKU: fmt.Sprintf("%s-%03d", run, i), Name: "bench", PriceCents: 100, Stock: benchStock})
 	}
 	dbNode, dbSvc, _ := DBNode(t, false)
 	if err := store.Setup(ctx, serve.PostgresDSN(serve.PostgresSocketDir(state.DataDir(t.Name, dbNode, dbSvc)), 5432), cat); err != nil {
 		return err
 	}
-	defer st.Forget(context.WithoutCancel(ctx), run)
 
 	res.Through, err = labLoad(ctx, ns, state.PKIDir(t.Name), res.VIPs, run, workers, dur, skus)
 	if err != nil {
@@ -198,26 +203,19 @@ func benchOrdersRun(ctx context.Context, e *engine.Engine, t *topology.Topology,
 		}
 	}
 	// What the database says of the run.
-	tally, err := st.TallyRun(ctx, run)
+	tally, err := st.TallyRun(ctx, run, benchStock)
 	if err != nil {
 		return err
 	}
-	ps, err := st.Products(ctx)
-	if err != nil {
-		return err
-	}
-	var deducted int64
-	for _, p := range ps {
-		if len(p.SKU) > len(run) && p.SKU[:len(run)] == run {
-			deducted += 1<<40 - p.Stock
-		}
-	}
-	res.Duplicates = max(0, deducted-tally.Reserved)
-	res.Oversold = max(0, tally.Quantity-tally.Reserved)
-	res.Unfinished = tally.Reservations - tally.Orders
+	res.Duplicates = tally.Deducted - tally.Reserved
+	res.Oversold = tally.Orphans
 	res.Lost = max(0, int64(res.Through.OK+res.Loopback.OK)-tally.Orders)
+	res.Unfinished = tally.Unfinished
 	return nil
 }
+
+// benchStock is the stock of each bench product: more than any run sells.
+const benchStock = 1 << 40
 
 const benchHost = "www.shop.example"
 
@@ -367,7 +365,6 @@ func loopbackRun(ctx context.Context, db, redisAddr, run string, workers int, du
 		l.Close()
 	}
 	o := app.Shop{DB: db, Redis: redisAddr, Region: "loopback"}
-	errs := make(chan error, 3)
 	for name, fn := range map[string]func(context.Context, app.Shop, *slog.Logger) (func(*grpc.Server), func(), error){
 		"inventory": app.InventoryServer, "coupon": app.CouponServer,
 	} {
@@ -376,7 +373,7 @@ func loopbackRun(ctx context.Context, db, redisAddr, run string, workers int, du
 			return loadgen.Result{}, err
 		}
 		defer done()
-		go func() { errs <- svc.Serve(ctx, ports[name], reg, log) }()
+		go svc.Serve(ctx, ports[name], reg, log)
 	}
 	dial := func(addr string) (*grpc.ClientConn, error) {
 		return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -396,7 +393,7 @@ func loopbackRun(ctx context.Context, db, redisAddr, run string, workers int, du
 		return loadgen.Result{}, err
 	}
 	defer done()
-	go func() { errs <- svc.Serve(ctx, ports["order"], reg, log) }()
+	go svc.Serve(ctx, ports["order"], reg, log)
 	oc, err := dial(ports["order"])
 	if err != nil {
 		return loadgen.Result{}, err

@@ -273,12 +273,15 @@ func printOrder(w io.Writer, r *OrderResult) {
 
 // OrdersResult is what `labctl orders --format json` prints.
 type OrdersResult struct {
-	Lab      string          `json:"lab"`
-	Node     string          `json:"node"`
-	Role     string          `json:"role"` // primary or standby
-	Orders   []store.Order   `json:"orders"`
-	Total    int64           `json:"total_orders"`
-	Products []store.Product `json:"products"`
+	Lab    string        `json:"lab"`
+	Node   string        `json:"node"`
+	Role   string        `json:"role"` // primary or standby
+	Orders []store.Order `json:"orders"`
+	Total  int64         `json:"total_orders"`
+	// Reservations counts the stock deductions recorded, one per order id:
+	// as many as orders, unless an attempt failed after deducting.
+	Reservations int64           `json:"deductions"`
+	Products     []store.Product `json:"products"`
 }
 
 func ordersCmd(g *globals) *cobra.Command {
@@ -373,7 +376,7 @@ func readOrders(ctx context.Context, lab string, t *topology.Topology, standby b
 			return nil, err
 		}
 	}
-	if res.Total, _, err = st.Counts(ctx); err != nil {
+	if res.Total, res.Reservations, err = st.Counts(ctx); err != nil {
 		return nil, err
 	}
 	if res.Products, err = st.Products(ctx); err != nil {
@@ -383,7 +386,7 @@ func readOrders(ctx context.Context, lab string, t *topology.Topology, standby b
 }
 
 func printOrders(w io.Writer, r *OrdersResult) {
-	fmt.Fprintf(w, "%d orders in %s (%s)", r.Total, r.Node, r.Role)
+	fmt.Fprintf(w, "%d orders, %d stock deductions in %s (%s)", r.Total, r.Reservations, r.Node, r.Role)
 	if len(r.Orders) > 0 && int64(len(r.Orders)) < r.Total {
 		fmt.Fprintf(w, ", newest %d", len(r.Orders))
 	}

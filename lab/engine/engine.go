@@ -122,10 +122,11 @@ func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) 
 	e.report(Event{Lab: t.Name, Phase: "observe", Status: "ok", Elapsed: time.Since(t0),
 		Message: fmt.Sprintf("%d namespaces found, %d changes planned", len(obs.Namespaces), len(p.Steps))})
 	res := &Result{Lab: t.Name, Changes: len(p.Steps), Plan: p}
-	if err := e.ensurePKI(t); err != nil {
-		return res, err
-	}
 	if p.Empty() && prev != nil && prev.Status == "up" {
+		// Its names may have changed; the lab's record exists already.
+		if err := e.ensurePKI(t); err != nil {
+			return res, err
+		}
 		res.Elapsed = time.Since(start)
 		e.report(Event{Lab: t.Name, Status: "info", Message: "lab is up to date"})
 		return res, nil
@@ -142,7 +143,12 @@ func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) 
 		return nil, err
 	}
 
-	applyErr := e.apply(ctx, drv, sup, t, p)
+	// The CA comes after the record (down removes it with the state
+	// directory) and before any service that serves its certificate.
+	applyErr := e.ensurePKI(t)
+	if applyErr == nil {
+		applyErr = e.apply(ctx, drv, sup, t, p)
+	}
 	if applyErr != nil {
 		if fresh && !e.opt.Retain {
 			e.report(Event{Lab: t.Name, Status: "info", Message: "rolling back (use --retain to keep the half-made lab)"})

@@ -39,10 +39,9 @@ var (
 	poolB = netip.MustParsePrefix("198.51.100.64/28") // carrier B's
 )
 
-// labctlOrder runs `labctl order --format json`; a refused order (HTTP
-// 4xx/5xx) is returned, not fatal.
-func labctlOrder(t *testing.T, lab string, args ...string) cli.OrderResult {
-	t.Helper()
+// orderFrom runs `labctl order --format json`; a refused order (HTTP
+// 4xx/5xx) is a result, not an error.
+func orderFrom(lab string, args ...string) (cli.OrderResult, error) {
 	out, err := exec.Command(labctlBin, append([]string{"order", "--lab", lab, "--format", "json"}, args...)...).Output()
 	var r cli.OrderResult
 	if jerr := json.Unmarshal(out, &r); jerr != nil {
@@ -50,10 +49,20 @@ func labctlOrder(t *testing.T, lab string, args ...string) cli.OrderResult {
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = string(ee.Stderr)
 		}
-		t.Fatalf("labctl order %v: %v %v\n%s%s", args, err, jerr, out, stderr)
+		return r, fmt.Errorf("labctl order %v: %v %v\n%s%s", args, err, jerr, out, stderr)
 	}
 	if err != nil && r.Status < 400 {
-		t.Fatalf("labctl order %v failed with HTTP %d: %v", args, r.Status, err)
+		return r, fmt.Errorf("labctl order %v failed with HTTP %d: %v", args, r.Status, err)
+	}
+	return r, nil
+}
+
+// labctlOrder is orderFrom for the test's own goroutine.
+func labctlOrder(t *testing.T, lab string, args ...string) cli.OrderResult {
+	t.Helper()
+	r, err := orderFrom(lab, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return r
 }
@@ -141,7 +150,7 @@ func servicePID(t *testing.T, lab, node, svc string) int {
 func TestOrderPath(t *testing.T) {
 	needRoot(t)
 	lab := labName(t, "o")
-	before := rootSnapshot(t)
+	before, ipcBefore := rootSnapshot(t), ipcSnapshot(t)
 	tp := labTopology(t, "double11", lab)
 	e, downed := upForTest(t, tp)
 	if _, _, err := e.WaitBGP(context.Background(), lab, time.Minute); err != nil {
@@ -247,9 +256,12 @@ func TestOrderPath(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := labctlOrder(t, lab, "--from", []string{"ue1", "ue2"}[i%2], "--sku", "flash-1", "--id", fmt.Sprintf("flash-%d", i))
+			r, err := orderFrom(lab, "--from", []string{"ue1", "ue2"}[i%2], "--sku", "flash-1", "--id", fmt.Sprintf("flash-%d", i))
 			code := fmt.Sprint(r.Status)
-			if r.Error != nil {
+			switch {
+			case err != nil:
+				code = err.Error()
+			case r.Error != nil:
 				code += " " + r.Error.Code
 			}
 			mu.Lock()
@@ -270,6 +282,9 @@ func TestOrderPath(t *testing.T) {
 	}
 	if s := stockOf(db, "flash-1"); s != 0 || flash != 10 {
 		t.Errorf("flash-1: stock %d, %d orders; want 0 and 10", s, flash)
+	}
+	if db.Reservations != db.Total {
+		t.Errorf("%d stock deductions for %d orders", db.Reservations, db.Total)
 	}
 
 	// The GSLB and the resolver rotate the VIPs, so the orders spread over
@@ -317,4 +332,27 @@ func TestOrderPath(t *testing.T) {
 	if after := rootSnapshot(t); after != before {
 		t.Errorf("the root namespace changed:\n--- before\n%s\n--- after\n%s", before, after)
 	}
+	if after := ipcSnapshot(t); after != ipcBefore {
+		t.Errorf("shared memory left on the host:\n--- before\n%s\n--- after\n%s", ipcBefore, after)
+	}
+}
+
+// ipcSnapshot is the host's shared memory: /dev/shm and System V
+// segments, where a killed PostgreSQL could leave its own behind.
+func ipcSnapshot(t *testing.T) string {
+	t.Helper()
+	ents, err := os.ReadDir("/dev/shm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, e := range ents {
+		b.WriteString(e.Name() + "\n")
+	}
+	out, err := exec.Command("ipcs", "-m").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Write(out)
+	return b.String()
 }

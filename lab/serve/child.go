@@ -11,6 +11,11 @@ import (
 	"time"
 )
 
+// ChildGrace is how long a server gets to stop before SIGKILL: shorter
+// than the supervisor's grace for the labctl process around it, so the
+// server stops cleanly rather than dying with its parent.
+const ChildGrace = 1500 * time.Millisecond
+
 // RunChild runs cmd (a server from the distribution: haproxy, etcd, redis,
 // postgres) as this process's child until it exits or ctx ends. The child
 // dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed labctl never

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // EtcdBin is the etcd binary (Debian's etcd-server package).
@@ -88,7 +87,7 @@ func Etcd(ctx context.Context, o EtcdOptions, log *slog.Logger) error {
 		return fmt.Errorf("etcd: %w", err)
 	}
 	log.Info("etcd", "data", o.DataDir, "args", strings.Join(args, " "))
-	return RunChild(ctx, daemonCmd(EtcdBin, args...), syscall.SIGTERM, 10*time.Second, log)
+	return RunChild(ctx, daemonCmd(EtcdBin, args...), syscall.SIGTERM, ChildGrace, log)
 }
 
 // defaultPort returns port, or def when port is 0, as text.

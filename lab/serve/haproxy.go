@@ -216,7 +216,7 @@ func HAProxy(ctx context.Context, o HAProxyOptions, log *slog.Logger) error {
 		return fmt.Errorf("haproxy: %w", err)
 	}
 	log.Info("haproxy", "config", path, "listen", o.Listen, "backends", len(o.Backends))
-	return RunChild(ctx, daemonCmd(HAProxyBin, "-db", "-f", path), syscall.SIGTERM, 5*time.Second, log)
+	return RunChild(ctx, daemonCmd(HAProxyBin, "-db", "-f", path), syscall.SIGTERM, ChildGrace, log)
 }
 
 // haproxyFitMaxConn raises this process's file descriptor limit (which

@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -48,7 +49,6 @@ const (
 	pgReadyTimeout    = 30 * time.Second       // until a started server accepts connections
 	pgCloneTimeout    = 60 * time.Second       // until the primary answers a standby's pg_basebackup
 	pgCloneRetry      = 200 * time.Millisecond // between pg_basebackup attempts
-	pgShutdownGrace   = 10 * time.Second       // fast shutdown, then SIGKILL
 	pgMaxSocketPath   = 107                    // sun_path less its final NUL
 	pgDefaultPort     = 5432
 	pgReadyPollPeriod = 100 * time.Millisecond
@@ -85,7 +85,7 @@ func Postgres(ctx context.Context, o PostgresOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := pg.ownDir(sock, 0o755); err != nil {
+	if err := pg.ownDir(sock, 0o700); err != nil {
 		return err
 	}
 	if err := pgCluster(ctx, o, pg, log); err != nil {
@@ -103,7 +103,11 @@ func Postgres(ctx context.Context, o PostgresOptions, log *slog.Logger) error {
 	var runErr error
 	exited := make(chan struct{})
 	go func() {
-		runErr = RunChild(runCtx, pg.command(bin, pgServerArgs(o, sock)...), syscall.SIGINT, pgShutdownGrace, log)
+		server := pg.command(bin, pgServerArgs(o, sock)...)
+		// Its own IPC namespace: the System V segment PostgreSQL keeps
+		// goes away with its last process, even after a SIGKILL.
+		server.SysProcAttr.Cloneflags = syscall.CLONE_NEWIPC
+		runErr = RunChild(runCtx, server, syscall.SIGINT, ChildGrace, log)
 		close(exited)
 	}()
 	if err := pgStarted(runCtx, o, sock, exited); err != nil {
@@ -151,12 +155,25 @@ func pgHBA(allow []string) (string, error) {
 
 // pgServerArgs are the postgres command line: the lab's settings as -c
 // options, which outrank the configuration files.
+// pgListen is listen_addresses: the node's address and loopback (for
+// readiness probes and local tools), or the socket only.
+func pgListen(ip string) string {
+	if ip == "" || ip == "127.0.0.1" {
+		return ip
+	}
+	return ip + ",127.0.0.1"
+}
+
 func pgServerArgs(o PostgresOptions, sock string) []string {
 	args := []string{"-D", o.DataDir}
 	for _, kv := range [][2]string{
-		{"listen_addresses", o.Listen},
+		{"listen_addresses", pgListen(o.Listen)},
 		{"port", strconv.Itoa(o.Port)},
 		{"unix_socket_directories", sock},
+		{"unix_socket_permissions", "0700"}, // root (labctl) and postgres only
+		// Shared memory in files under the data directory, not in the
+		// host's /dev/shm, so nothing outlives the lab's state.
+		{"dynamic_shared_memory_type", "mmap"},
 		{"wal_level", "replica"},
 		{"max_wal_senders", "10"},
 		{"hot_standby", "on"},
@@ -343,7 +360,11 @@ func (a *pgAccount) run(ctx context.Context, name string, args ...string) error 
 // ownDir creates dir (and its parents) if missing and gives it to the
 // postgres user with mode perm.
 func (a *pgAccount) ownDir(dir string, perm fs.FileMode) error {
-	if err := os.MkdirAll(dir, perm); err != nil {
+	// Parents stay traversable, whatever dir's own mode.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("postgres: %w", err)
 	}
 	if err := os.Chown(dir, a.uid, a.gid); err != nil {

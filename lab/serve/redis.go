@@ -7,7 +7,6 @@ import (
 	"os"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // RedisBin is the Redis server binary (Debian's redis-server package).
@@ -67,5 +66,5 @@ func Redis(ctx context.Context, o RedisOptions, log *slog.Logger) error {
 		return fmt.Errorf("redis: %w", err)
 	}
 	log.Info("redis", "args", strings.Join(args, " "))
-	return RunChild(ctx, daemonCmd(RedisBin, args...), syscall.SIGTERM, 5*time.Second, log)
+	return RunChild(ctx, daemonCmd(RedisBin, args...), syscall.SIGTERM, ChildGrace, log)
 }

@@ -8,6 +8,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// Limits of an order, the same at every tier.
+const (
+	MaxQuantity = 100 // units of one order
+	MaxIDLen    = 128 // bytes of an order id, user, SKU or coupon code
+)
+
 // Domain is the ErrorInfo domain of the shop's RPC errors.
 const Domain = "shop.labctl"
 

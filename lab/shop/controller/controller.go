@@ -34,7 +34,6 @@ import (
 const (
 	defaultTimeout = 3 * time.Second
 	maxBody        = 64 << 10 // bytes of a purchase order body
-	maxQuantity    = 100
 	maxUserRunes   = 64
 	shutdownGrace  = 500 * time.Millisecond
 	headerTimeout  = 5 * time.Second // for the PROXY header and then the HTTP one
@@ -390,12 +389,12 @@ func (h *handler) createRequest(req *OrderRequest, r *http.Request) (*api.Create
 		return nil, invalid("sku is required")
 	case !skuRE.MatchString(req.SKU):
 		return nil, invalid("sku must be 1 to 64 of a-z 0-9 - starting with a letter or digit")
-	case req.Quantity < 1 || req.Quantity > maxQuantity:
-		return nil, invalid("quantity must be 1 to %d, got %d", maxQuantity, req.Quantity)
+	case req.Quantity < 1 || req.Quantity > api.MaxQuantity:
+		return nil, invalid("quantity must be 1 to %d, got %d", api.MaxQuantity, req.Quantity)
 	case req.User == "":
 		return nil, invalid("user is required")
-	case !printable(req.User, maxUserRunes):
-		return nil, invalid("user must be 1 to %d printable characters", maxUserRunes)
+	case !printable(req.User, maxUserRunes) || len(req.User) > api.MaxIDLen:
+		return nil, invalid("user must be 1 to %d printable characters (at most %d bytes)", maxUserRunes, api.MaxIDLen)
 	case req.Coupon != "" && !couponRE.MatchString(req.Coupon):
 		return nil, invalid("coupon must be 1 to 32 of A-Z 0-9 -")
 	}

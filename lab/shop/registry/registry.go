@@ -189,10 +189,15 @@ func sleep(ctx, client context.Context, wait *time.Duration) bool {
 
 // Close stops the keepalives and revokes the lease, which removes the
 // entry at once. A lease already gone is not an error.
+// revokeTimeout bounds the revocation in Close.
+const revokeTimeout = 300 * time.Millisecond
+
 func (r *Registration) Close() error {
 	r.cancel()
 	<-r.done
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	// Bounded tighter than other calls: a process on its way out (or an
+	// etcd already stopped) should not wait; the lease expires anyway.
+	ctx, cancel := context.WithTimeout(context.Background(), revokeTimeout)
 	defer cancel()
 	if _, err := r.cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return fmt.Errorf("deregister %s: %w", r.key, err)

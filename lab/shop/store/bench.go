@@ -6,46 +6,36 @@ import (
 )
 
 // Tally is what a load run left in the database, found by the prefix its
-// order ids share.
+// order ids (and SKUs) share.
 type Tally struct {
 	Orders       int64 // orders stored
-	Quantity     int64 // their quantities, summed
 	Reservations int64 // stock deductions recorded
-	Reserved     int64 // their quantities, summed
+	Deducted     int64 // stock gone from the run's products: initial minus now
+	Reserved     int64 // quantities of the recorded deductions, summed
+	Orphans      int64 // orders with no deduction behind them
+	Unfinished   int64 // deductions whose order was not stored
 }
 
-// TallyRun counts the orders and deductions whose order id starts with
-// prefix.
-func (s *Store) TallyRun(ctx context.Context, prefix string) (Tally, error) {
+// TallyRun counts the orders and deductions of the run whose order ids and
+// SKUs start with prefix; initial is the stock each of its products began
+// with.
+func (s *Store) TallyRun(ctx context.Context, prefix string, initial int64) (Tally, error) {
 	var t Tally
 	like := likePrefix(prefix)
 	err := s.pool.QueryRow(ctx, `SELECT
 		(SELECT count(*) FROM orders WHERE id LIKE $1),
-		(SELECT coalesce(sum(quantity), 0) FROM orders WHERE id LIKE $1),
 		(SELECT count(*) FROM reservations WHERE order_id LIKE $1),
-		(SELECT coalesce(sum(quantity), 0) FROM reservations WHERE order_id LIKE $1)`, like).
-		Scan(&t.Orders, &t.Quantity, &t.Reservations, &t.Reserved)
+		(SELECT coalesce(sum($2 - stock), 0) FROM products WHERE sku LIKE $1),
+		(SELECT coalesce(sum(quantity), 0) FROM reservations WHERE order_id LIKE $1),
+		(SELECT count(*) FROM orders o LEFT JOIN reservations r ON r.order_id = o.id
+			WHERE o.id LIKE $1 AND r.order_id IS NULL),
+		(SELECT count(*) FROM reservations r LEFT JOIN orders o ON o.id = r.order_id
+			WHERE r.order_id LIKE $1 AND o.id IS NULL)`, like, initial).
+		Scan(&t.Orders, &t.Reservations, &t.Deducted, &t.Reserved, &t.Orphans, &t.Unfinished)
 	if err != nil {
 		return t, fmt.Errorf("tally %s*: %w", prefix, err)
 	}
 	return t, nil
-}
-
-// Forget deletes a load run: orders, deductions and coupon uses whose
-// order id starts with prefix, and the products whose SKU starts with it.
-func (s *Store) Forget(ctx context.Context, prefix string) error {
-	like := likePrefix(prefix)
-	for _, q := range []string{
-		"DELETE FROM orders WHERE id LIKE $1",
-		"DELETE FROM reservations WHERE order_id LIKE $1",
-		"DELETE FROM coupon_uses WHERE order_id LIKE $1",
-		"DELETE FROM products WHERE sku LIKE $1",
-	} {
-		if _, err := s.pool.Exec(ctx, q, like); err != nil {
-			return fmt.Errorf("forget %s*: %w", prefix, err)
-		}
-	}
-	return nil
 }
 
 // likePrefix is a LIKE pattern matching strings that start with p.

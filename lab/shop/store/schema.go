@@ -36,8 +36,10 @@ CREATE TABLE IF NOT EXISTS coupon_uses (
 	user_id        text NOT NULL,
 	discount_cents bigint NOT NULL
 );
+-- An order stands on its stock deduction: it cannot be stored without
+-- one, and the deduction cannot be given back once the order exists.
 CREATE TABLE IF NOT EXISTS orders (
-	id                 text PRIMARY KEY,
+	id                 text PRIMARY KEY REFERENCES reservations (order_id),
 	user_id            text NOT NULL,
 	sku                text NOT NULL,
 	quantity           int NOT NULL,

@@ -20,29 +20,42 @@ import (
 // Product is one thing the shop sells. Version counts the changes of its
 // stock: Deduct's compare-and-set compares it.
 type Product struct {
-	SKU, Name                  string
-	PriceCents, Stock, Version int64
+	SKU        string `json:"sku"`
+	Name       string `json:"name"`
+	PriceCents int64  `json:"price_cents"`
+	Stock      int64  `json:"stock"`
+	Version    int64  `json:"version"`
 }
 
 // Coupon is a discount code: DiscountCents off an order of at least
 // MinTotalCents, for Remaining more orders.
 type Coupon struct {
-	Code                                    string
-	DiscountCents, MinTotalCents, Remaining int64
+	Code          string `json:"code"`
+	DiscountCents int64  `json:"discount_cents"`
+	MinTotalCents int64  `json:"min_total_cents"`
+	Remaining     int64  `json:"remaining"`
 }
 
 // Order is a placed order and the way it went through the lab.
 type Order struct {
-	ID, User, SKU                         string
-	Quantity                              int32
-	PriceCents, DiscountCents, TotalCents int64
-	Coupon                                string // "" for none
+	ID            string `json:"id"`
+	User          string `json:"user"`
+	SKU           string `json:"sku"`
+	Quantity      int32  `json:"quantity"`
+	PriceCents    int64  `json:"price_cents"`
+	DiscountCents int64  `json:"discount_cents"`
+	TotalCents    int64  `json:"total_cents"`
+	Coupon        string `json:"coupon,omitempty"` // "" for none
 	// The region and instances that served it, and the client's address.
-	Region, Controller, OrderInstance, InventoryInstance, ClientAddr string
+	Region            string `json:"region"`
+	Controller        string `json:"controller"`
+	OrderInstance     string `json:"order_instance"`
+	InventoryInstance string `json:"inventory_instance"`
+	ClientAddr        string `json:"client_addr"`
 
-	StockLeft   int64     // the product's stock after its deduction
-	CASAttempts int32     // compare-and-sets its deduction ran
-	Created     time.Time // by the database's clock, set by InsertOrder
+	StockLeft   int64     `json:"stock_left"`   // the product's stock after its deduction
+	CASAttempts int32     `json:"cas_attempts"` // compare-and-sets its deduction ran
+	Created     time.Time `json:"created"`      // by the database's clock, set by InsertOrder
 }
 
 // Deduction is the outcome of Deduct: the product's stock, version and
@@ -71,6 +84,9 @@ var (
 	ErrCouponExhausted = errors.New("coupon exhausted")
 	ErrCouponMinimum   = errors.New("order total below the coupon's minimum")
 	ErrNoOrder         = errors.New("no such order")
+	// ErrNoDeduction: the order has no stock deduction behind it (another
+	// attempt with the same id gave it back); ordering again deducts anew.
+	ErrNoDeduction = errors.New("no stock deduction for this order id (given back by a failed attempt): order again")
 )
 
 // DefaultMaxRetries is Open's Store.MaxRetries.
@@ -247,22 +263,32 @@ func (s *Store) Deduct(ctx context.Context, orderID, sku string, qty int32) (Ded
 		if lost++; int(lost) >= max(s.MaxRetries, 1) {
 			return Deduction{}, fmt.Errorf("sku %s: lost %d compare-and-sets for order %s: %w", sku, lost, orderID, ErrContention)
 		}
-		time.Sleep(rand.N(casPause << min(lost, casPauseDoublings)))
+		select {
+		case <-ctx.Done():
+			return Deduction{}, ctx.Err()
+		case <-time.After(rand.N(casPause << min(lost, casPauseDoublings))):
+		}
 	}
 }
 
 // releaseStock gives an order's reserved stock back, as one statement.
 const releaseStock = `WITH released AS (
-	DELETE FROM reservations WHERE order_id = $1 RETURNING sku, quantity
+	DELETE FROM reservations WHERE order_id = $1
+	AND NOT EXISTS (SELECT 1 FROM orders WHERE id = $1)
+	RETURNING sku, quantity
 )
 UPDATE products p SET stock = p.stock + r.quantity, version = p.version + 1
 FROM released r WHERE p.sku = r.sku`
 
 // Release undoes the reservation of order orderID: its stock goes back and
 // the product's version moves on. It reports whether there was one to
-// undo, so calling it again is harmless.
+// undo, so calling it again is harmless. A reservation whose order is
+// stored (by another attempt with the same id) stays.
 func (s *Store) Release(ctx context.Context, orderID string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, releaseStock, orderID)
+	if isFKViolation(err) { // the order was stored while we deleted
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("release order %s: %w", orderID, err)
 	}
@@ -356,6 +382,8 @@ func (s *Store) InsertOrder(ctx context.Context, o Order) (Order, bool, error) {
 	case errors.Is(err, pgx.ErrNoRows):
 		stored, err := s.GetOrder(ctx, o.ID)
 		return stored, false, err
+	case isFKViolation(err):
+		return Order{}, false, fmt.Errorf("order %s: %w", o.ID, ErrNoDeduction)
 	}
 	return Order{}, false, fmt.Errorf("insert order %s: %w", o.ID, err)
 }
@@ -401,4 +429,10 @@ func (s *Store) Counts(ctx context.Context) (orders, reservations int64, err err
 func uniqueViolation(err error, constraint string) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == constraint
+}
+
+// isFKViolation reports a foreign key violation (SQLSTATE 23503).
+func isFKViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23503"
 }

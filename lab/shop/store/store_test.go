@@ -318,16 +318,28 @@ func TestRedeemConcurrently(t *testing.T) {
 }
 
 func TestOrders(t *testing.T) {
-	s := newStore(t, Catalog{})
+	s := newStore(t, Catalog{Products: []Product{phone}})
 	ctx := context.Background()
 	o := Order{
 		ID: "o1", User: "ann", SKU: "phone-x", Quantity: 1, PriceCents: 6800, DiscountCents: 1000, TotalCents: 5800,
 		Coupon: "D11-10", Region: "east", Controller: "east-web1", OrderInstance: "east-app1",
 		InventoryInstance: "east-app2", ClientAddr: "198.51.100.7:40000", StockLeft: 9, CASAttempts: 2,
 	}
+	if _, _, err := s.InsertOrder(ctx, o); !errors.Is(err, ErrNoDeduction) {
+		t.Fatalf("an order without a deduction: %v, want ErrNoDeduction", err)
+	}
+	for _, id := range []string{"o1", "o2", "o3"} {
+		if _, err := s.Deduct(ctx, id, "phone-x", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
 	stored, created, err := s.InsertOrder(ctx, o)
 	if err != nil || !created {
 		t.Fatalf("first insert: created %v, %v", created, err)
+	}
+	// Its deduction can no longer be given back.
+	if released, err := s.Release(ctx, "o1"); released || err != nil {
+		t.Fatalf("release of a stored order's deduction: %v %v, want false nil", released, err)
 	}
 	if time.Since(stored.Created) > time.Minute || stored.Created.After(time.Now().Add(time.Minute)) {
 		t.Errorf("created at %v, not now", stored.Created)
@@ -389,5 +401,32 @@ func BenchmarkDeduct(b *testing.B) {
 			b.ReportMetric(float64(contended.Load())/float64(b.N), "contended/op")
 			b.ReportMetric(float64(attempts.Load())/float64(b.N-int(contended.Load())), "attempts/ok")
 		})
+	}
+}
+
+// Two attempts with one order id: the first gives its deduction back
+// while the second, which reused it, stores the order. The order must not
+// stand without stock: its insert fails, and ordering again deducts anew.
+func TestReleasedDeductionCannotCarryAnOrder(t *testing.T) {
+	s := newStore(t, Catalog{Products: []Product{{SKU: "last", Name: "Last one", PriceCents: 100, Stock: 1}}})
+	ctx := context.Background()
+	if _, err := s.Deduct(ctx, "x", "last", 1); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Deduct(ctx, "x", "last", 1); err != nil || !d.Replayed {
+		t.Fatalf("second attempt: %+v %v, want the deduction replayed", d, err)
+	}
+	if released, err := s.Release(ctx, "x"); !released || err != nil {
+		t.Fatalf("first attempt's release: %v %v", released, err)
+	}
+	o := Order{ID: "x", User: "ann", SKU: "last", Quantity: 1, PriceCents: 100, TotalCents: 100}
+	if _, _, err := s.InsertOrder(ctx, o); !errors.Is(err, ErrNoDeduction) {
+		t.Fatalf("second attempt's order: %v, want ErrNoDeduction", err)
+	}
+	if _, err := s.Deduct(ctx, "y", "last", 1); err != nil {
+		t.Fatalf("another customer buys the stock back: %v", err)
+	}
+	if _, err := s.Deduct(ctx, "x", "last", 1); !errors.Is(err, ErrOutOfStock) {
+		t.Fatalf("ordering x again: %v, want out of stock (it was sold to y)", err)
 	}
 }

@@ -33,17 +33,18 @@ func NewOrder(st OrderStore, inv api.InventoryClient, cpn api.CouponClient, inst
 	return &order{base: newBase("order", instance, log), st: st, inv: inv, cpn: cpn}
 }
 
+// finishTimeout bounds one Create, whatever its caller's deadline.
+const finishTimeout = 5 * time.Second
+
 // Create creates an order: it deducts the stock (Inventory), checks the
 // price the client saw, redeems the coupon (Coupon) and stores the order.
-// When the price or the coupon fails, the deduction is released. It is
+// When the price or the coupon fails, the deduction is released if this
+// call made it (one it reused belongs to an attempt still running). It is
 // idempotent by order id: every step is recorded per order id, so a retry
 // (or a concurrent duplicate) gets the first call's order, replayed, and
 // never deducts twice. Errors of the inventory and coupon services reach
 // the caller unchanged; a service that cannot be reached is Unavailable
 // with reason NO_INSTANCE.
-// finishTimeout bounds one Create, whatever its caller's deadline.
-const finishTimeout = 5 * time.Second
-
 func (s *order) Create(ctx context.Context, req *api.CreateOrderRequest) (*api.OrderReply, error) {
 	if err := checkCreate(req); err != nil {
 		return nil, err
@@ -62,8 +63,14 @@ func (s *order) Create(ctx context.Context, req *api.CreateOrderRequest) (*api.O
 	if err != nil {
 		return nil, s.downstream("inventory", err)
 	}
+	// undo gives the deduction back when this call made it.
+	undo := func() {
+		if !d.GetReplayed() {
+			s.release(ctx, id)
+		}
+	}
 	if seen := req.GetPriceCents(); seen != 0 && seen != d.GetPriceCents() {
-		s.release(ctx, id)
+		undo()
 		return nil, api.Error(codes.FailedPrecondition, api.ReasonPriceChanged,
 			fmt.Sprintf("sku %s: price is %d cents, not %d", req.GetSku(), d.GetPriceCents(), seen))
 	}
@@ -72,7 +79,7 @@ func (s *order) Create(ctx context.Context, req *api.CreateOrderRequest) (*api.O
 	if code := req.GetCoupon(); code != "" {
 		r, err := s.cpn.Redeem(ctx, &api.RedeemRequest{OrderId: id, Code: code, User: req.GetUser(), TotalCents: gross})
 		if err != nil {
-			s.release(ctx, id)
+			undo()
 			return nil, s.downstream("coupon", err)
 		}
 		discount = r.GetDiscountCents()
@@ -94,6 +101,9 @@ func (s *order) Create(ctx context.Context, req *api.CreateOrderRequest) (*api.O
 		StockLeft:         d.GetStockLeft(),
 		CASAttempts:       d.GetAttempts(),
 	})
+	if errors.Is(err, store.ErrNoDeduction) {
+		return nil, api.Error(codes.Aborted, api.ReasonContention, err.Error())
+	}
 	if err != nil {
 		// The deduction and the coupon stay recorded for the order id:
 		// a retry replays them and stores the order.
@@ -139,9 +149,12 @@ func checkCreate(req *api.CreateOrderRequest) error {
 // stored order when the request asks for the same thing, else
 // ORDER_MISMATCH.
 func replay(o store.Order, req *api.CreateOrderRequest) (*api.OrderReply, error) {
-	if o.User != req.GetUser() || o.SKU != req.GetSku() || o.Quantity != req.GetQuantity() {
+	seen := req.GetPriceCents()
+	if o.User != req.GetUser() || o.SKU != req.GetSku() || o.Quantity != req.GetQuantity() ||
+		o.Coupon != req.GetCoupon() || seen != 0 && seen != o.PriceCents {
 		return nil, api.Error(codes.AlreadyExists, api.ReasonOrderMismatch,
-			fmt.Sprintf("order %s exists with other contents (user %s, sku %s, quantity %d)", o.ID, o.User, o.SKU, o.Quantity))
+			fmt.Sprintf("order %s exists with other contents (user %s, sku %s, quantity %d, coupon %q, price %d cents)",
+				o.ID, o.User, o.SKU, o.Quantity, o.Coupon, o.PriceCents))
 	}
 	return orderReply(o, true), nil
 }
@@ -156,7 +169,10 @@ func (s *order) downstream(service string, err error) error {
 		return err
 	}
 	s.errs.Error(service+" unavailable", "err", err)
-	return api.Error(codes.Unavailable, api.ReasonNoInstance, service+" unavailable: "+status.Convert(err).Message())
+	// It may have acted before it failed to answer: the client should
+	// retry with the same order id, which replays whatever was done.
+	return api.Error(codes.Unavailable, api.ReasonNoInstance,
+		service+" unavailable: "+status.Convert(err).Message()+"; retry with the same order id")
 }
 
 // release gives back order id's deduction after a later step failed, even

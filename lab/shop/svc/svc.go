@@ -61,8 +61,8 @@ var (
 
 // Limits of a request's fields.
 const (
-	MaxQuantity = 100 // items of one SKU in one order
-	MaxIDLen    = 128 // bytes of an order id, user, SKU or coupon code
+	MaxQuantity = api.MaxQuantity // items of one SKU in one order
+	MaxIDLen    = api.MaxIDLen    // bytes of an order id, user, SKU or coupon code
 )
 
 // MinPingInterval is the shortest keepalive ping interval Serve accepts

@@ -385,6 +385,16 @@ func TestCreateMismatch(t *testing.T) {
 	}
 	_, err := s.order.Create(t.Context(), createReq("o-1", 2))
 	wantError(t, err, codes.AlreadyExists, api.ReasonOrderMismatch)
+	// The same id with a coupon, or with another price than it was
+	// ordered at, is another order too.
+	withCoupon := createReq("o-1", 1)
+	withCoupon.Coupon = "D11-10"
+	_, err = s.order.Create(t.Context(), withCoupon)
+	wantError(t, err, codes.AlreadyExists, api.ReasonOrderMismatch)
+	otherPrice := createReq("o-1", 1)
+	otherPrice.PriceCents = 1
+	_, err = s.order.Create(t.Context(), otherPrice)
+	wantError(t, err, codes.AlreadyExists, api.ReasonOrderMismatch)
 	if n := s.inv.stock(flash); n != 9 {
 		t.Errorf("stock %d, want 9", n)
 	}

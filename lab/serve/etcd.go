@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,7 +85,12 @@ func Etcd(ctx context.Context, o EtcdOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+	// Parents traversable (other services' data sits beside this one),
+	// the data directory itself private, as etcd wants it.
+	if err := os.MkdirAll(filepath.Dir(o.DataDir), 0o755); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	if err := os.Mkdir(o.DataDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("etcd: %w", err)
 	}
 	log.Info("etcd", "data", o.DataDir, "args", strings.Join(args, " "))

@@ -37,6 +37,7 @@ type DigResult struct {
 func digCmd(g *globals) *cobra.Command {
 	var lab, server string
 	var tcp, noTrace bool
+	var wait time.Duration
 	c := &cobra.Command{
 		Use:   "dig NODE NAME [TYPE]",
 		Short: "Resolve a name from a node and show the whole chain",
@@ -49,8 +50,10 @@ answer), or that the answer came from its cache and with how much TTL left.
 
 TYPE defaults to A. --server asks another server instead (an address of a
 lab node, or any address the node can reach); an authoritative server
-answers for itself, without steps. The same packet can be sent with the real
-dig tool:  labctl exec NODE -- dig NAME`,
+answers for itself, without steps. When the lab runs BGP, dig first waits
+(up to --wait) until routing has converged, so it can follow up at once.
+The same packet can be sent with the real dig tool:
+labctl exec NODE -- dig NAME`,
 		Example: `  sudo labctl dig ue1 www.shop.example          # the chain, first time
   sudo labctl dig ue1 www.shop.example          # again: the resolver's cache
   sudo labctl dig home1 www.shop.example        # another carrier, another region
@@ -85,6 +88,9 @@ dig tool:  labctl exec NODE -- dig NAME`,
 				}
 				server = node.DNS.Nameservers[0]
 			}
+			if err := waitRouting(cmd.Context(), g, lab, rec.Topology, wait); err != nil {
+				return err
+			}
 			res, err := dig(cmd.Context(), ns, server, name, qtype, dns.QueryOptions{Trace: !noTrace, TCP: tcp})
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
@@ -101,6 +107,7 @@ dig tool:  labctl exec NODE -- dig NAME`,
 	c.Flags().StringVar(&server, "server", "", "ask this server instead of the node's resolver")
 	c.Flags().BoolVar(&tcp, "tcp", false, "ask over TCP")
 	c.Flags().BoolVar(&noTrace, "no-trace", false, "do not ask the resolver for its steps")
+	c.Flags().DurationVar(&wait, "wait", 30*time.Second, "when the lab runs BGP, how long to wait for it to converge first")
 	return c
 }
 

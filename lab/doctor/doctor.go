@@ -21,6 +21,8 @@ import (
 
 	"labctl/lab/netns"
 	"labctl/lab/ovs"
+
+	"labctl/lab/serve"
 )
 
 // Check is one probed feature or program.
@@ -402,6 +404,7 @@ type binary struct {
 const (
 	laterStages = "needed by the BGP/order stages"
 	region      = "needed by cloud region labs (ovs-host, vm, vrouter)"
+	orderPath   = "needed by the order path (topologies/double11.yaml, the default lab)"
 )
 
 var binaries = []binary{
@@ -415,7 +418,11 @@ var binaries = []binary{
 	{"ovsdb-server", "openvswitch-switch", false, region},
 	{"ovs-vswitchd", "openvswitch-switch", false, region},
 	{"ovsdb-tool", "openvswitch-switch", false, region},
-	{"haproxy", "haproxy", false, laterStages},
+	{"haproxy", "haproxy", false, orderPath},
+	{"etcd", "etcd-server", false, orderPath},
+	{"redis-server", "redis-server", false, orderPath},
+	{filepath.Join(serve.PostgresBin, "postgres"), "postgresql", false, orderPath},
+	{filepath.Join(serve.PostgresBin, "pg_basebackup"), "postgresql", false, orderPath},
 	{"curl", "curl", false, laterStages},
 	{"ping", "iputils-ping", false, laterStages},
 }

@@ -30,6 +30,6 @@ The lab is still up. Try:
   sudo bin/labctl order --from ue2 --qty 2        # another order
   sudo bin/labctl orders --standby                # what the hot standby has
   sudo bin/labctl capture east-gw eth1 -c 6 --filter 'tcp port 443'   # the TLS handshake on the wire
-  sudo bin/labctl bench orders -d 5s              # load through the whole path
   sudo bin/labctl down double11                   # remove everything the lab made
+  sudo bin/labctl bench orders -d 5s              # load through the whole path (brings its own lab up and down)
 MSG

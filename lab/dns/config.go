@@ -113,8 +113,12 @@ const (
 	DefaultCheckTimeout  = 500 * time.Millisecond
 	DefaultCheckFall     = 2
 	DefaultCheckRise     = 2
-	DefaultMaxTTL        = time.Hour       // a resolver's cap on cached TTLs
-	DefaultNegativeTTL   = 5 * time.Minute // a resolver's cap on negative caching
+	// StartupGrace: an address that has not yet passed a check is not
+	// marked down for this long after the GSLB starts (its load balancer
+	// may start later in the same lab), like a startup probe.
+	StartupGrace       = 10 * time.Second
+	DefaultMaxTTL      = time.Hour       // a resolver's cap on cached TTLs
+	DefaultNegativeTTL = 5 * time.Minute // a resolver's cap on negative caching
 )
 
 // Duration is a time.Duration that JSON writes as "5s".

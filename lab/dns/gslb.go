@@ -31,6 +31,10 @@ type Balancer struct {
 	// connection could be opened. Tests replace it.
 	dial func(ctx context.Context, addr string) error
 
+	// graceUntil: until then an address that never passed a check is
+	// not counted down (StartupGrace after the balancer is made).
+	graceUntil time.Time
+
 	mu       sync.Mutex
 	failOpen bool   // the last Select found no healthy region
 	turn     uint64 // answers given: where the next one starts (round robin)
@@ -53,6 +57,7 @@ type gslbTarget struct {
 	addr   netip.Addr
 
 	known   bool // a check has completed ("unknown" counts as up)
+	proven  bool // a check has succeeded
 	up      bool
 	fails   int // consecutive failed checks
 	oks     int // consecutive successful checks
@@ -107,6 +112,7 @@ func NewGSLB(cfg *GSLB, st *Counters, log *slog.Logger) (*Balancer, error) {
 	byName := map[string]*gslbRegion{}
 	seen := map[netip.Addr]string{}
 	now := time.Now()
+	b.graceUntil = now.Add(StartupGrace)
 	for _, r := range cfg.Regions {
 		if r == nil || r.Name == "" {
 			return nil, errors.New("gslb: a region without a name")
@@ -347,14 +353,19 @@ func (b *Balancer) record(t *gslbTarget, err error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil && !t.proven && time.Now().Before(b.graceUntil):
+		// Still starting: not a failure yet (StartupGrace).
+		t.lastErr = err.Error()
+	case err != nil:
 		t.fails++
 		t.oks = 0
 		t.lastErr = err.Error()
-	} else {
+	default:
 		t.oks++
 		t.fails = 0
 		t.lastErr = ""
+		t.proven = true
 	}
 	first := !t.known
 	t.known = true
@@ -388,7 +399,10 @@ func (b *Balancer) record(t *gslbTarget, err error) {
 	}
 	if !changed {
 		// The first check of an address that stays up: say how it went.
-		if err != nil {
+		switch {
+		case err != nil && t.fails == 0:
+			attrs = append(attrs, "starting", "not counted until it passes a check or "+StartupGrace.String()+" have passed")
+		case err != nil:
 			attrs = append(attrs, "failures", t.fails, "down_after", b.check.Fall)
 		}
 		b.log.Info("gslb: first check", attrs...)

@@ -21,7 +21,38 @@ func newSampleBalancer(t *testing.T) (*Balancer, *Counters, *logRecorder) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.graceUntil = time.Time{} // long started: every failure counts
 	return b, st, lr
+}
+
+// Right after it starts, the GSLB does not count failures of an address
+// that has never passed a check (its load balancer may start later); once
+// it has passed one, or the grace is over, failures count.
+func TestGSLBStartupGrace(t *testing.T) {
+	b, _, _ := newSampleBalancer(t)
+	b.graceUntil = time.Now().Add(time.Hour)
+	refused := errors.New("connection refused")
+	a, c := b.target("203.0.113.1"), b.target("203.0.113.2")
+	for range 5 {
+		b.record(a, refused)
+	}
+	if !a.up || a.fails != 0 {
+		t.Fatalf("starting address after 5 failures: up %v, fails %d; want up, none counted", a.up, a.fails)
+	}
+	b.record(a, nil)
+	for range 2 {
+		b.record(a, refused)
+	}
+	if a.up {
+		t.Error("an address that passed a check, then failed twice (fall 2), is still up")
+	}
+	b.graceUntil = time.Now().Add(-time.Second)
+	for range 2 {
+		b.record(c, refused)
+	}
+	if c.up {
+		t.Error("after the grace, an address never seen up that failed twice is still up")
+	}
 }
 
 // target finds the state of one address.

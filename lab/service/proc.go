@@ -39,7 +39,15 @@ func (OSProc) Start(ns string, argv, env []string, logPath string) (int, error) 
 		return 0, err
 	}
 	pid := cmd.Process.Pid
-	go cmd.Wait() // reap it if it ends while labctl still runs
+	// Reap it if it ends while labctl still runs, and say how it ended:
+	// a service that dies while starting is otherwise a silent log.
+	go func() {
+		cmd.Wait()
+		if f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+			fmt.Fprintf(f, "--- %s labctl: pid %d ended: %s\n", time.Now().UTC().Format(time.RFC3339), pid, cmd.ProcessState)
+			f.Close()
+		}
+	}()
 	return pid, nil
 }
 

@@ -220,9 +220,21 @@ func (o Shop) serveWith(ctx context.Context, cli *clientv3.Client, service strin
 	if err != nil {
 		return fmt.Errorf("register %s in %s: %w", service, o.Etcd, err)
 	}
-	defer reg.Close()
+	// Registered before listening, so the instance is in the registry
+	// once its port answers (the supervisor's readiness); deregistered as
+	// soon as it is told to stop, while in-flight calls finish.
+	sctx, stop := context.WithCancel(ctx)
+	revoked := make(chan struct{})
+	go func() {
+		defer close(revoked)
+		<-sctx.Done() // told to stop, or serving failed
+		reg.Close()
+	}()
 	log.Info("registered", "service", service, "region", o.Region, "addr", adv, "lease", ttl)
-	return svc.Serve(ctx, o.Listen, register, log)
+	err = svc.Serve(ctx, o.Listen, register, log)
+	stop()
+	<-revoked
+	return err
 }
 
 func (o Shop) instance() string {

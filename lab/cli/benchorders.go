@@ -24,12 +24,12 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"labctl/lab/dns"
 	"labctl/lab/engine"
 	"labctl/lab/netns"
 	"labctl/lab/pki"
-	"labctl/lab/serve"
 	"labctl/lab/shop/api"
 	"labctl/lab/shop/app"
 	"labctl/lab/shop/controller"
@@ -185,8 +185,11 @@ func benchOrdersRun(ctx context.Context, e *engine.Engine, t *topology.Topology,
 	for i := range skus {
 		cat.Products = append(cat.Products, store.Product{SKU: fmt.Sprintf("%s-%03d", run, i), Name: "bench", PriceCents: 100, Stock: benchStock})
 	}
-	dbNode, dbSvc, _ := DBNode(t, false)
-	if err := store.Setup(ctx, serve.PostgresDSN(serve.PostgresSocketDir(state.DataDir(t.Name, dbNode, dbSvc)), 5432), cat); err != nil {
+	dsn, _, err := dbDSN(t.Name, t, false)
+	if err != nil {
+		return err
+	}
+	if err := store.Setup(ctx, dsn, cat); err != nil {
 		return err
 	}
 
@@ -272,7 +275,7 @@ func labLoad(ctx context.Context, ns, pkiDir string, vips []string, run string, 
 // loopbackLoad runs `labctl bench orders-loopback` inside the first app
 // VM (the node running an order service) and reads its result.
 func loopbackLoad(ctx context.Context, t *topology.Topology, run string, workers int, dur time.Duration, skus int) (loadgen.Result, error) {
-	node, o, err := appNode(t)
+	node, db, redisAddr, err := appNode(t)
 	if err != nil {
 		return loadgen.Result{}, err
 	}
@@ -281,7 +284,7 @@ func loopbackLoad(ctx context.Context, t *topology.Topology, run string, workers
 		return loadgen.Result{}, err
 	}
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", topology.Namespace(t.Name, node), self, "bench", "orders-loopback",
-		"--db", o.db, "--redis", o.redis, "--run", run, "-c", strconv.Itoa(workers), "-d", dur.String(), "--skus", strconv.Itoa(skus))
+		"--db", db, "--redis", redisAddr, "--run", run, "-c", strconv.Itoa(workers), "-d", dur.String(), "--skus", strconv.Itoa(skus))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -295,32 +298,15 @@ func loopbackLoad(ctx context.Context, t *topology.Topology, run string, workers
 	return r, nil
 }
 
-type tierFlags struct{ db, redis string }
-
-// appNode finds the first node (by name) running the inventory
-// service, and the database and cache it uses.
-func appNode(t *topology.Topology) (string, tierFlags, error) {
-	for _, n := range t.NodeNames() {
-		for _, s := range t.Nodes[n].Services {
-			c := s.Command
-			if len(c) < 3 || c[0] != "labctl" || c[1] != "serve" || c[2] != "inventory" {
-				continue
-			}
-			var f tierFlags
-			for i := 3; i+1 < len(c); i++ {
-				switch c[i] {
-				case "--db":
-					f.db = c[i+1]
-				case "--redis":
-					f.redis = c[i+1]
-				}
-			}
-			if f.db != "" && f.redis != "" {
-				return n, f, nil
-			}
+// appNode finds the first node (by name) running the inventory service,
+// and the database and cache it uses.
+func appNode(t *topology.Topology) (node, db, redis string, err error) {
+	for _, s := range labctlServices(t, "inventory") {
+		if s.Flags["db"] != "" && s.Flags["redis"] != "" {
+			return s.Node, s.Flags["db"], s.Flags["redis"], nil
 		}
 	}
-	return "", tierFlags{}, fmt.Errorf("%s runs no `labctl serve inventory --db --redis`", t.File)
+	return "", "", "", fmt.Errorf("%s runs no `labctl serve inventory --db --redis`", t.File)
 }
 
 // benchLoopbackCmd is the loopback half of bench orders, run inside an app
@@ -355,67 +341,61 @@ func benchLoopbackCmd() *cobra.Command {
 
 func loopbackRun(ctx context.Context, db, redisAddr, run string, workers int, dur time.Duration, skus int) (loadgen.Result, error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ports := map[string]string{}
-	for _, name := range []string{"order", "inventory", "coupon"} {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return loadgen.Result{}, err
-		}
-		ports[name] = l.Addr().String()
-		l.Close()
-	}
 	o := app.Shop{DB: db, Redis: redisAddr, Region: "loopback"}
-	for name, fn := range map[string]func(context.Context, app.Shop, *slog.Logger) (func(*grpc.Server), func(), error){
-		"inventory": app.InventoryServer, "coupon": app.CouponServer,
-	} {
-		reg, done, err := fn(ctx, o, log)
-		if err != nil {
-			return loadgen.Result{}, err
+	var conns []*grpc.ClientConn
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
 		}
-		defer done()
-		go svc.Serve(ctx, ports[name], reg, log)
+	}()
+	// start serves one server on a loopback port and returns a client of it.
+	start := func(reg func(*grpc.Server), done func(), err error) (*grpc.ClientConn, error) {
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, done)
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		go svc.ServeListener(ctx, lis, reg, log)
+		c, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		conns, closers = append(conns, c), append(closers, func() { c.Close() })
+		return c, nil
 	}
-	dial := func(addr string) (*grpc.ClientConn, error) {
-		return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	}
-	inv, err := dial(ports["inventory"])
+	inv, err := start(app.InventoryServer(ctx, o, log))
 	if err != nil {
 		return loadgen.Result{}, err
 	}
-	defer inv.Close()
-	cpn, err := dial(ports["coupon"])
+	cpn, err := start(app.CouponServer(ctx, o, log))
 	if err != nil {
 		return loadgen.Result{}, err
 	}
-	defer cpn.Close()
-	reg, done, err := app.OrderServer(ctx, o, api.NewInventoryClient(inv), api.NewCouponClient(cpn), log)
+	oc, err := start(app.OrderServer(ctx, o, api.NewInventoryClient(inv), api.NewCouponClient(cpn), log))
 	if err != nil {
 		return loadgen.Result{}, err
 	}
-	defer done()
-	go svc.Serve(ctx, ports["order"], reg, log)
-	oc, err := dial(ports["order"])
-	if err != nil {
-		return loadgen.Result{}, err
-	}
-	defer oc.Close()
-	orders := api.NewOrderClient(oc)
-	// The servers are up once one order goes through.
+	// Every server answers its health check before the load starts.
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
-	if _, err := orders.Create(wctx, &api.CreateOrderRequest{OrderId: run + "-lo-warm", User: "bench", Sku: run + "-000", Quantity: 1}, grpc.WaitForReady(true)); err != nil {
-		return loadgen.Result{}, fmt.Errorf("first order on loopback: %w", err)
+	for _, c := range conns {
+		if _, err := healthpb.NewHealthClient(c).Check(wctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
+			return loadgen.Result{}, fmt.Errorf("loopback server %s: %w", c.Target(), err)
+		}
 	}
-	res := loadgen.Run(ctx, workers, dur, func(ctx context.Context, w, seq int) (bool, string) {
+	orders := api.NewOrderClient(oc)
+	return loadgen.Run(ctx, workers, dur, func(ctx context.Context, w, seq int) (bool, string) {
 		_, err := orders.Create(ctx, &api.CreateOrderRequest{OrderId: fmt.Sprintf("%s-lo-%d-%d", run, w, seq), User: "bench",
 			Sku: fmt.Sprintf("%s-%03d", run, w%skus), Quantity: 1, Region: "loopback"})
 		if err != nil {
 			return false, "rpc " + api.Reason(err)
 		}
 		return true, "ok"
-	})
-	res.OK++ // the first order
-	return res, nil
+	}), nil
 }
 
 func printOrdersBench(g *globals, r *OrdersBenchResult) {

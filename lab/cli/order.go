@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -321,40 +323,100 @@ replicated to it.`,
 	return c
 }
 
-// DBNode finds the node running the lab's PostgreSQL primary (or standby)
-// and the service's name.
-func DBNode(t *topology.Topology, standby bool) (node, svc string, err error) {
-	if t != nil {
-		for _, n := range t.NodeNames() {
-			for name, s := range t.Nodes[n].Services {
-				cmd := s.Command
-				if len(cmd) >= 3 && cmd[0] == "labctl" && cmd[1] == "serve" && cmd[2] == "postgres" &&
-					slices.Contains(cmd, "--standby-of") == standby {
-					return n, name, nil
-				}
+// served is one `labctl serve VERB` service of a topology and the flags
+// it is given (--name value or --name=value; a bare --name is "true").
+type served struct {
+	Node, Service string
+	Flags         map[string]string
+}
+
+// labctlServices lists a topology's `labctl serve verb` services, by node
+// and service name.
+func labctlServices(t *topology.Topology, verb string) []served {
+	var out []served
+	if t == nil {
+		return nil
+	}
+	for _, n := range t.NodeNames() {
+		svcs := t.Nodes[n].Services
+		for _, name := range slices.Sorted(maps.Keys(svcs)) {
+			c := svcs[name].Command
+			if len(c) < 3 || c[0] != "labctl" || c[1] != "serve" || c[2] != verb {
+				continue
 			}
+			s := served{Node: n, Service: name, Flags: map[string]string{}}
+			for i := 3; i < len(c); i++ {
+				k, ok := strings.CutPrefix(c[i], "--")
+				if !ok {
+					continue
+				}
+				k, v, eq := strings.Cut(k, "=")
+				switch {
+				case eq:
+				case i+1 < len(c) && !strings.HasPrefix(c[i+1], "--"):
+					i++
+					v = c[i]
+				default:
+					v = "true"
+				}
+				s.Flags[k] = v
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// dbService is the lab's PostgreSQL primary, or its standby.
+func dbService(t *topology.Topology, standby bool) (served, error) {
+	for _, s := range labctlServices(t, "postgres") {
+		if (s.Flags["standby-of"] != "") == standby {
+			return s, nil
 		}
 	}
 	role := "primary"
 	if standby {
 		role = "standby"
 	}
-	return "", "", fmt.Errorf("the lab runs no PostgreSQL %s (a service `labctl serve postgres`)", role)
+	return served{}, fmt.Errorf("the lab runs no PostgreSQL %s (a service `labctl serve postgres`)", role)
+}
+
+// DBNode finds the node running the lab's PostgreSQL primary (or standby)
+// and the service's name.
+func DBNode(t *topology.Topology, standby bool) (node, svc string, err error) {
+	s, err := dbService(t, standby)
+	return s.Node, s.Service, err
+}
+
+// dbDSN is how labctl reaches the lab's primary or standby: through its
+// unix socket in the lab's state directory.
+func dbDSN(lab string, t *topology.Topology, standby bool) (dsn, node string, err error) {
+	s, err := dbService(t, standby)
+	if err != nil {
+		return "", "", err
+	}
+	port := 5432
+	if p, ok := s.Flags["port"]; ok {
+		if port, err = strconv.Atoi(p); err != nil {
+			return "", s.Node, fmt.Errorf("%s/%s: --port %q: %w", s.Node, s.Service, p, err)
+		}
+	}
+	dir := serve.PostgresSocketDir(state.DataDir(lab, s.Node, s.Service))
+	if _, err := os.Stat(dir); err != nil {
+		return "", s.Node, fmt.Errorf("%s's database is not running: %w", s.Node, err)
+	}
+	return serve.PostgresDSN(dir, port), s.Node, nil
 }
 
 // OpenDB opens the lab's primary or standby through its unix socket.
 func OpenDB(ctx context.Context, lab string, t *topology.Topology, standby bool) (*store.Store, string, error) {
-	node, svc, err := DBNode(t, standby)
+	dsn, node, err := dbDSN(lab, t, standby)
 	if err != nil {
-		return nil, "", err
-	}
-	dir := serve.PostgresSocketDir(state.DataDir(lab, node, svc))
-	if _, err := os.Stat(dir); err != nil {
-		return nil, node, fmt.Errorf("%s's database is not running: %w", node, err)
+		return nil, node, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	st, err := store.Open(ctx, serve.PostgresDSN(dir, 5432), 4)
+	st, err := store.Open(ctx, dsn, 4)
 	if err != nil {
 		return nil, node, fmt.Errorf("%s: %w", node, err)
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 
@@ -43,9 +44,9 @@ func TestDouble11Services(t *testing.T) {
 			t.Errorf("DBNode(standby %v) = %s %s %v, want %s postgres", c.standby, node, svc, err, c.node)
 		}
 	}
-	node, f, err := appNode(tp)
-	if err != nil || node != "east-app1" || f.db != "10.20.1.40:5432" || f.redis != "10.20.1.50:6379" {
-		t.Errorf("orderService = %s %+v %v", node, f, err)
+	node, db, redis, err := appNode(tp)
+	if err != nil || node != "east-app1" || db != "10.20.1.40:5432" || redis != "10.20.1.50:6379" {
+		t.Errorf("appNode = %s %s %s %v", node, db, redis, err)
 	}
 	if names := tp.CertNames(); len(names) == 0 || names[0] != "www.shop.example" {
 		t.Errorf("pki names %v", names)
@@ -56,5 +57,20 @@ func TestDouble11Services(t *testing.T) {
 	}
 	if _, _, err := DBNode(small, false); err == nil || !strings.Contains(err.Error(), "no PostgreSQL primary") {
 		t.Errorf("sample lab: %v", err)
+	}
+}
+
+// A service's flags are read in both spellings, and a bare flag is true.
+func TestLabctlServicesFlags(t *testing.T) {
+	tp := &topology.Topology{Nodes: map[string]*topology.Node{
+		"db": {Services: map[string]*topology.Service{
+			"pg":  {Command: []string{"labctl", "serve", "postgres", "--port=5433", "--standby-of", "10.0.0.1:5432", "--verbose"}},
+			"web": {Command: []string{"labctl", "serve", "http", "--listen", ":80"}},
+		}},
+	}}
+	got := labctlServices(tp, "postgres")
+	want := map[string]string{"port": "5433", "standby-of": "10.0.0.1:5432", "verbose": "true"}
+	if len(got) != 1 || got[0].Node != "db" || got[0].Service != "pg" || !maps.Equal(got[0].Flags, want) {
+		t.Errorf("labctlServices = %+v, want db/pg with %v", got, want)
 	}
 }

@@ -163,7 +163,7 @@ func shopServeCmds(g *globals) []*cobra.Command {
 			switch n {
 			case "db":
 				f.StringVar(&o.DB, "db", "", "the PostgreSQL primary (host:port)")
-				f.Int32Var(&o.DBConns, "db-conns", 16, "database connection pool size")
+				f.Int32Var(&o.DBConns, "db-conns", app.DefaultDBConns, "database connection pool size")
 			case "redis":
 				f.StringVar(&o.Redis, "redis", "", "the AZ's Redis product cache (host:port)")
 			}

@@ -449,13 +449,11 @@ func (e *Engine) ensurePKI(t *topology.Topology) error {
 		return nil
 	}
 	t0 := time.Now()
-	dir := state.PKIDir(t.Name)
-	before, _ := os.Stat(pki.Paths(dir).ServerChain)
-	b, err := pki.Ensure(dir, t.Name, names)
+	b, err := pki.Ensure(state.PKIDir(t.Name), t.Name, names)
 	if err != nil {
 		return fmt.Errorf("lab %s: certificates: %w", t.Name, err)
 	}
-	if after, err := os.Stat(b.ServerChain); before != nil && err == nil && after.ModTime().Equal(before.ModTime()) {
+	if !b.Changed {
 		return nil // kept as it was: nothing to report
 	}
 	e.report(Event{Lab: t.Name, Phase: "pki", Status: "ok", Steps: 1, Elapsed: time.Since(t0),

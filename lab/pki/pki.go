@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -54,6 +55,9 @@ type Bundle struct {
 	ServerChain  string // server.pem: leaf + intermediate
 	ServerKey    string // server.key (0600)
 	HAProxyPEM   string // haproxy.pem: leaf + intermediate + key (0600), for `bind ... ssl crt`
+
+	// Changed is set by Ensure when it wrote any certificate file.
+	Changed bool
 }
 
 // Paths returns the bundle's file paths under dir without touching them.
@@ -98,6 +102,7 @@ func Ensure(dir, lab string, names []string) (Bundle, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return b, fmt.Errorf("pki: %w", err)
 	}
+	before := b.contents()
 	now := time.Now()
 	root, err := ensureCA(b.Root, filepath.Join(dir, rootKeyFile), nil, now, func() (*pair, error) {
 		return issue(caTemplate("labctl "+lab+" Root CA", rootLife, 1, now), nil)
@@ -115,7 +120,19 @@ func Ensure(dir, lab string, names []string) (Bundle, error) {
 	if err != nil {
 		return b, err
 	}
-	return b, ensureHAProxyPEM(b, leaf, inter)
+	err = ensureHAProxyPEM(b, leaf, inter)
+	b.Changed = !maps.Equal(before, b.contents())
+	return b, err
+}
+
+// contents reads the files subscribers and servers use (missing: "").
+func (b Bundle) contents() map[string]string {
+	out := map[string]string{}
+	for _, p := range []string{b.Root, b.Intermediate, b.ServerChain, b.ServerKey, b.HAProxyPEM} {
+		data, _ := os.ReadFile(p)
+		out[p] = string(data)
+	}
+	return out
 }
 
 // parseNames validates the server names and splits them into DNS names
@@ -472,51 +489,4 @@ func writeFile(path string, mode os.FileMode, data []byte) error {
 		return fmt.Errorf("pki: write %s: %w", path, err)
 	}
 	return nil
-}
-
-// CertInfo summarises one certificate of the chain.
-type CertInfo struct {
-	File     string    `json:"file"`
-	Subject  string    `json:"subject"`
-	Issuer   string    `json:"issuer"`
-	SANs     []string  `json:"sans,omitempty"`
-	NotAfter time.Time `json:"notAfter"`
-	CA       bool      `json:"ca"`
-	SHA256   string    `json:"sha256"` // fingerprint of the DER, as openssl prints it (AB:CD:...)
-}
-
-// Describe summarises the root, intermediate and server certificates
-// under dir, in that order.
-func Describe(dir string) ([]CertInfo, error) {
-	b := Paths(dir)
-	var out []CertInfo
-	for _, path := range []string{b.Root, b.Intermediate, b.ServerChain} {
-		c, err := readCert(path)
-		if err != nil {
-			return nil, fmt.Errorf("pki: %w", err)
-		}
-		out = append(out, describe(path, c))
-	}
-	return out, nil
-}
-
-func describe(path string, c *x509.Certificate) CertInfo {
-	sans := slices.Clone(c.DNSNames)
-	for _, ip := range c.IPAddresses {
-		sans = append(sans, ip.String())
-	}
-	sum := sha256.Sum256(c.Raw)
-	octets := make([]string, len(sum))
-	for i, v := range sum {
-		octets[i] = fmt.Sprintf("%02X", v)
-	}
-	return CertInfo{
-		File:     filepath.Base(path),
-		Subject:  c.Subject.String(),
-		Issuer:   c.Issuer.String(),
-		SANs:     sans,
-		NotAfter: c.NotAfter.UTC(),
-		CA:       c.IsCA,
-		SHA256:   strings.Join(octets, ":"),
-	}
 }

@@ -45,6 +45,7 @@ const (
 	PortInventory  = 50052
 	PortCoupon     = 50053
 	DefaultLease   = 2 * time.Second
+	DefaultDBConns = 16 // database connections per process
 )
 
 // Inventory runs the inventory service: products through the AZ's cache,
@@ -185,7 +186,7 @@ func registryHealth(ctx context.Context, cli *clientv3.Client, region string, ev
 func openStore(ctx context.Context, o Shop) (*store.Store, error) {
 	conns := o.DBConns
 	if conns == 0 {
-		conns = 16
+		conns = DefaultDBConns
 	}
 	host, port, err := net.SplitHostPort(o.DB)
 	if err != nil {

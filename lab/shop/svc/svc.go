@@ -80,11 +80,11 @@ func Serve(ctx context.Context, addr string, register func(*grpc.Server), log *s
 	if err != nil {
 		return fmt.Errorf("grpc listen %s: %w", addr, err)
 	}
-	return serve(ctx, lis, register, log)
+	return ServeListener(ctx, lis, register, log)
 }
 
-// serve is Serve on an open listener, which it closes.
-func serve(ctx context.Context, lis net.Listener, register func(*grpc.Server), log *slog.Logger) error {
+// ServeListener is Serve on an open listener, which it closes.
+func ServeListener(ctx context.Context, lis net.Listener, register func(*grpc.Server), log *slog.Logger) error {
 	srv := grpc.NewServer(
 		// Peers are on the LAN: find dead ones within seconds, and let
 		// clients keep idle connections warm.

@@ -225,7 +225,7 @@ func startServer(t testing.TB, register func(*grpc.Server)) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, lis, register, testLog(t)) }()
+	go func() { done <- ServeListener(ctx, lis, register, testLog(t)) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

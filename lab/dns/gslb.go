@@ -36,13 +36,13 @@ type Balancer struct {
 	graceUntil time.Time
 
 	mu       sync.Mutex
-	failOpen bool   // the last Select found no healthy region
-	turn     uint64 // answers given: where the next one starts (round robin)
+	failOpen bool // the last Select found no healthy region
 }
 
 type gslbRegion struct {
 	name    string
 	targets []*gslbTarget
+	turn    uint64 // answers given (under Balancer.mu): where the next starts
 }
 
 type gslbRule struct {
@@ -232,14 +232,9 @@ func dialCheck(ctx context.Context, addr string) error {
 	return c.Close()
 }
 
-// Names are the balanced names, fully qualified and lowercase.
-func (b *Balancer) Names() []string { return append([]string(nil), b.names...) }
-
-// TTL is the TTL of the balanced answers, in seconds.
-func (b *Balancer) TTL() uint32 { return b.ttl }
-
 // Select returns the addresses to answer client with: the healthy
-// addresses, in configuration order, of the first region with any in the
+// addresses (starting one further at each answer: round robin per region)
+// of the first region with any in the
 // order of the rule with the longest prefix holding client (Default when
 // none does). When no region of the order has a healthy address, Select
 // fails open with every address of the first region.
@@ -267,8 +262,8 @@ func (b *Balancer) Select(client netip.Addr) (addrs []netip.Addr, region string)
 		if len(addrs) > 0 {
 			// Round robin: each answer starts one address further, so
 			// clients that take the first spread over the region.
-			n := int(b.turn % uint64(len(addrs)))
-			b.turn++
+			n := int(r.turn % uint64(len(addrs)))
+			r.turn++
 			addrs = append(addrs[n:], addrs[:n]...)
 			if b.failOpen {
 				b.failOpen = false

@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -31,6 +32,9 @@ type entry struct {
 	rrs     []mdns.RR // entryData: the RRset, TTLs as received
 	soa     *mdns.SOA // negative entries: the zone's SOA
 	expires time.Time
+	// turn counts the answers given from this entry: each starts one
+	// record further (cyclic order).
+	turn atomic.Uint64
 }
 
 // remaining is the entry's TTL left at now, in whole seconds.
@@ -113,10 +117,13 @@ func (c *cache) len() int {
 }
 
 // withTTL copies rrs with every TTL set to ttl.
-func withTTL(rrs []mdns.RR, ttl uint32) []mdns.RR {
+func withTTL(rrs []mdns.RR, ttl uint32) []mdns.RR { return rotated(rrs, ttl, 0) }
+
+// rotated is withTTL starting at record k: rrs[k:] then rrs[:k].
+func rotated(rrs []mdns.RR, ttl uint32, k int) []mdns.RR {
 	out := make([]mdns.RR, len(rrs))
-	for i, rr := range rrs {
-		out[i] = mdns.Copy(rr)
+	for i := range rrs {
+		out[i] = mdns.Copy(rrs[(i+k)%len(rrs)])
 		out[i].Header().Ttl = ttl
 	}
 	return out

@@ -78,6 +78,9 @@ h7.shop.example. 300 IN CNAME h8.shop.example.
 h8.shop.example. 300 IN CNAME h9.shop.example.
 h9.shop.example. 300 IN CNAME h10.shop.example.
 h10.shop.example. 300 IN A 192.0.2.40
+vips.shop.example. 300 IN A 192.0.2.51
+vips.shop.example. 300 IN A 192.0.2.52
+vips.shop.example. 300 IN A 192.0.2.53
 `, `
 nog.example. 3600 IN SOA ns.nog.net. hostmaster.nog.example. 1 3600 600 86400 60
 nog.example. 3600 IN NS ns.nog.net.

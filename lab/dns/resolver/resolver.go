@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"labctl/lab/dns"
@@ -41,7 +40,6 @@ type Resolver struct {
 	// Name is the node the resolver runs on, written into traces.
 	Name string
 
-	turn    atomic.Uint64 // cache answers given: where the next one starts (cyclic order)
 	hints   []netip.Addr
 	allow   []netip.Prefix
 	ecs     bool
@@ -348,11 +346,8 @@ func (r *Resolver) fromCache(s *state, name string, qtype uint16) outcome {
 		}
 		// Cyclic order, as resolvers rotate cached RRsets: clients that
 		// take the first address spread over all of them.
-		rrs := withTTL(e.rrs, e.remaining(now))
-		if n := len(rrs); n > 1 {
-			k := int(r.turn.Add(1) % uint64(n))
-			rrs = append(rrs[k:], rrs[:k]...)
-		}
+		k := int((e.turn.Add(1) - 1) % uint64(len(e.rrs)))
+		rrs := rotated(e.rrs, e.remaining(now), k)
 		hit(dns.KindAnswer, e, rrs)
 		return outcome{kind: dns.KindAnswer, final: rrs}
 	}

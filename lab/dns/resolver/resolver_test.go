@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -114,6 +115,36 @@ func TestChainAcrossZonesThenCache(t *testing.T) {
 	sameSteps(t, tr, "cache www.shop.example. A cname", "127.0.0.5 gslb.example. www.gslb.example. answer")
 	counter(t, r, "upstream_queries", 6)
 	counter(t, r, "cache_misses", 2)
+}
+
+// Answers from the cache rotate the RRset (cyclic order), each name on its
+// own, so clients that take the first address spread over all of them.
+func TestCachedRRsetsRotate(t *testing.T) {
+	w := newWorld(t)
+	r := newResolver(t, w, dns.ResolverConfig{})
+	first := func(name string) string {
+		reply, _ := r.query(t, name, mdns.TypeA, "127.0.0.1")
+		if len(reply.Answer) == 0 {
+			t.Fatalf("%s: no answer", name)
+		}
+		var all []string
+		for _, rr := range reply.Answer {
+			all = append(all, rr.(*mdns.A).A.String())
+		}
+		if slices.Sort(all); !slices.Equal(all, []string{"192.0.2.51", "192.0.2.52", "192.0.2.53"}) && name == "vips.shop.example." {
+			t.Fatalf("%s: answer %v, want all three addresses", name, all)
+		}
+		return reply.Answer[0].(*mdns.A).A.String()
+	}
+	first("vips.shop.example.") // the miss, as received
+	var got []string
+	for range 4 {
+		got = append(got, first("vips.shop.example."))
+		first("api.shop.example.") // another name in between does not disturb the cycle
+	}
+	if want := []string{"192.0.2.51", "192.0.2.52", "192.0.2.53", "192.0.2.51"}; !slices.Equal(got, want) {
+		t.Errorf("first addresses of 4 cached answers: %v, want %v", got, want)
+	}
 }
 
 func TestMaxTTL(t *testing.T) {

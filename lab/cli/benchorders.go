@@ -155,9 +155,6 @@ func benchOrdersRun(ctx context.Context, e *engine.Engine, t *topology.Topology,
 		return err
 	}
 	ns := topology.Namespace(t.Name, res.From)
-	if err := waitGSLB(ctx, t, ns, 15*time.Second); err != nil {
-		return err
-	}
 	var ans *dns.Result
 	err := netns.Do(ns, func() error {
 		var err error
@@ -439,39 +436,4 @@ func transportError(err error) string {
 		msg = msg[i+2:]
 	}
 	return msg
-}
-
-// waitGSLB waits until every GSLB of the lab counts all its regions'
-// addresses up (its first health checks run while the SLBs start), asking
-// its counters from inside ns, so the load starts on every VIP.
-func waitGSLB(ctx context.Context, t *topology.Topology, ns string, timeout time.Duration) error {
-	servers := t.ZoneServers()
-	deadline := time.Now().Add(timeout)
-	for _, zn := range slices.Sorted(maps.Keys(t.Zones)) {
-		z := t.Zones[zn]
-		if z.GSLB == nil || len(servers[z.Name]) == 0 {
-			continue
-		}
-		server := servers[z.Name][0].Addr.String()
-		for {
-			var st map[string]int64
-			err := netns.Do(ns, func() error {
-				var err error
-				st, err = dns.ReadStats(ctx, server)
-				return err
-			})
-			all := err == nil
-			for r, addrs := range z.GSLB.Regions {
-				all = all && st["gslb_up_"+r] == int64(len(addrs))
-			}
-			if all {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("GSLB %s: not every region up after %s (%v %v)", server, timeout, st, err)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	return nil
 }

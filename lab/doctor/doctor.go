@@ -298,10 +298,10 @@ func probeTbf(h *netlink.Handle, c *Check) error {
 		Buffer:     16793,
 	}
 	if err := h.QdiscAdd(q); err != nil {
-		c.Detail = fmt.Sprintf("tc tbf qdisc refused (%v): link rate limits are unavailable", err)
+		c.Detail = fmt.Sprintf("tc tbf qdisc refused (%v)", err)
 		return err
 	}
-	c.Detail = "tc tbf qdisc works (link rate limits)"
+	c.Detail = "tc tbf qdisc works (rate limits)"
 	return nil
 }
 
@@ -318,13 +318,13 @@ func probeNetem(h *netlink.Handle, c *Check) error {
 		c.Detail = netemMissing(err)
 		return err
 	}
-	c.Detail = "netem qdisc works: delay and loss use netem"
+	c.Detail = "netem qdisc works (delay and loss)"
 	return nil
 }
 
-// netemMissing says what labctl does instead when netem is absent.
+// netemMissing says what the absence of netem means.
 func netemMissing(err error) string {
-	return fmt.Sprintf("no netem here (%v): delay comes from the userspace NFQUEUE path; loss from iptables statistic", err)
+	return fmt.Sprintf("no netem here (%v): links cannot be given delay and loss with tc netem", err)
 }
 
 // probeNAT lists and extends the nat table inside a throwaway namespace.
@@ -364,8 +364,8 @@ func probeNAT(ctx context.Context, c *Check) error {
 	return nil
 }
 
-// probeOVS never fails: without the kernel datapath labctl runs OVS in
-// userspace, so it only reports which one will be used.
+// probeOVS passes whichever datapath there is (without the kernel one,
+// labctl runs OVS in userspace) and reports which one will be used.
 // It asks the same question ovs-hosts are built by, so it says exactly
 // what `up` will choose.
 func probeOVS(_ *netlink.Handle, c *Check) error {
@@ -402,7 +402,7 @@ type binary struct {
 }
 
 const (
-	laterStages = "needed by the BGP/order stages"
+	laterStages = "used by labctl order and the docs' examples"
 	region      = "needed by cloud region labs (ovs-host, vm, vrouter)"
 	orderPath   = "needed by the order path (topologies/double11.yaml, the default lab)"
 )
@@ -410,10 +410,10 @@ const (
 var binaries = []binary{
 	{"ip", "iproute2", true, "needed for ip netns exec"},
 	{"tcpdump", "tcpdump", true, "needed for capture"},
-	{"ethtool", "ethtool", false, region},
+	{"ethtool", "ethtool", false, "to look at the offloads labctl sets (it sets them itself)"},
 	{"iptables", "iptables", false, region},
-	{"nft", "nftables", false, laterStages},
-	{"conntrack", "conntrack", false, laterStages},
+	{"nft", "nftables", false, "to read the NAT rules iptables (nf_tables) writes"},
+	{"conntrack", "conntrack", false, "to read NAT translations (docs/stage-2-bgp.md)"},
 	{"ovs-vsctl", "openvswitch-switch", false, region},
 	{"ovsdb-server", "openvswitch-switch", false, region},
 	{"ovs-vswitchd", "openvswitch-switch", false, region},

@@ -105,7 +105,7 @@ func TestBoundedCancelled(t *testing.T) {
 
 func TestNetemMissingText(t *testing.T) {
 	d := netemMissing(errors.New("no such file or directory"))
-	for _, want := range []string{"no netem here", "NFQUEUE", "iptables statistic"} {
+	for _, want := range []string{"no netem here", "no such file or directory", "delay and loss"} {
 		if !strings.Contains(d, want) {
 			t.Errorf("%q lacks %q", d, want)
 		}

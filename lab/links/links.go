@@ -35,16 +35,6 @@ type Driver struct {
 // New returns a driver; Close releases its handles.
 func New() *Driver { return &Driver{handles: map[string]*netlink.Handle{}} }
 
-// Name of the driver.
-func (d *Driver) Name() string { return "links" }
-
-// Ops it applies.
-func (d *Driver) Ops() []string {
-	return []string{plan.OpNetnsAdd, plan.OpNetnsDel, plan.OpVethAdd, plan.OpLinkDel, plan.OpLinkSet,
-		plan.OpBridgeAdd, plan.OpPortAttach, plan.OpSysctlSet, plan.OpAddrAdd, plan.OpAddrDel,
-		plan.OpRouteAdd, plan.OpRouteDel, plan.OpFileWrite, plan.OpFileDel}
-}
-
 // Close releases every cached handle.
 func (d *Driver) Close() {
 	d.mu.Lock()

@@ -206,10 +206,6 @@ func (s *Supervisor) waitReady(ctx context.Context, r Record, ready *topology.Re
 // not in keys are taken as already running. The first failure fails every
 // service waiting on it; all errors are returned together.
 func (s *Supervisor) StartAll(ctx context.Context, t *topology.Topology, keys []string, onDone func(Record, error)) error {
-	want := map[string]bool{}
-	for _, k := range keys {
-		want[k] = true
-	}
 	type result struct {
 		done chan struct{}
 		err  error

@@ -717,11 +717,7 @@ func (t *Topology) expand() {
 		}
 		for _, ifn := range unlinked {
 			ifc := n.Interfaces[ifn]
-			br := bridgeOf(ifc)
-			if br == "" {
-				br = BrInt
-			}
-			plug(name, ifn, ifc, br, n.VPC)
+			plug(name, ifn, ifc, bridgeOf(ifc), n.VPC)
 		}
 		if n.Kind == "vm" {
 			r := t.routerOf(n.VPC)

@@ -78,7 +78,13 @@ var routineWarnings = map[string]bool{
 	"invalid peer type":             true,
 }
 
-func (l *gobgpLogger) Info(msg string, f gobgplog.Fields) { l.log.Debug("gobgp: "+msg, attrs(f)...) }
+// Info is debug in labctl: GoBGP reports every FSM step at info. The
+// fields are built only when the line will be written.
+func (l *gobgpLogger) Info(msg string, f gobgplog.Fields) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug("gobgp: "+msg, attrs(f)...)
+	}
+}
 func (l *gobgpLogger) Debug(msg string, f gobgplog.Fields) {
 	if l.GetLevel() >= gobgplog.DebugLevel {
 		l.log.Debug("gobgp: "+msg, attrs(f)...)

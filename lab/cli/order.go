@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"labctl/lab/engine"
 	"labctl/lab/pki"
 	"labctl/lab/serve"
 	"labctl/lab/shop/controller"
@@ -157,7 +158,7 @@ func newOrderID() string {
 // waitRouting waits until the lab's BGP speakers have converged, so an
 // order right after up does not race the routes.
 func waitRouting(ctx context.Context, g *globals, lab string, t *topology.Topology, wait time.Duration) error {
-	if t == nil || !slices.ContainsFunc(t.NodeNames(), func(n string) bool { return t.Nodes[n].BGP != nil }) {
+	if t == nil || len(engine.Speakers(t)) == 0 {
 		return nil
 	}
 	if _, _, err := g.engine(false).WaitBGP(ctx, lab, wait); err != nil {

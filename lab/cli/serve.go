@@ -53,12 +53,11 @@ func serveCmd(g *globals) *cobra.Command {
 		Short: "Run a router's BGP speaker (GoBGP) in the current namespace",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// The supervisor stops the speaker with SIGTERM; it must then
-			// close its sessions and remove its routes, so make sure the
-			// signal ends the context whoever calls Main.
-			ctx, stop := signal.NotifyContext(cmdContext(cmd), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return serve.BGP(ctx, bgpConfig, slog.New(slog.NewTextHandler(g.errw, nil)))
+			// The speaker must close its sessions and remove its routes
+			// when the supervisor stops it (runDaemon).
+			return g.runDaemon(cmd, func(ctx context.Context, log *slog.Logger) error {
+				return serve.BGP(ctx, bgpConfig, log)
+			})
 		},
 	}
 	bgpc.Flags().StringVar(&bgpConfig, "config", "", "the router's bgp block as JSON (topology.BGP)")
@@ -69,9 +68,9 @@ func serveCmd(g *globals) *cobra.Command {
 		Short: "Serve a node's DNS role: authoritative zones and GSLB, a recursive resolver, HTTPDNS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmdContext(cmd), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return serve.DNS(ctx, dnsConfig, slog.New(slog.NewTextHandler(g.errw, nil)))
+			return g.runDaemon(cmd, func(ctx context.Context, log *slog.Logger) error {
+				return serve.DNS(ctx, dnsConfig, log)
+			})
 		},
 	}
 	dnsc.Flags().StringVar(&dnsConfig, "config", "", "what the node serves as JSON (dns.Config)")
@@ -79,6 +78,14 @@ func serveCmd(g *globals) *cobra.Command {
 	c.AddCommand(httpc, echo, ovsdb, bgpc, dnsc)
 	c.AddCommand(shopServeCmds(g)...)
 	return c
+}
+
+// runDaemon runs a daemon with a context that SIGTERM (the supervisor's
+// stop) or an interrupt ends, whoever calls Main, and a logger on stderr.
+func (g *globals) runDaemon(cmd *cobra.Command, fn func(ctx context.Context, log *slog.Logger) error) error {
+	ctx, stop := signal.NotifyContext(cmdContext(cmd), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return fn(ctx, slog.New(slog.NewTextHandler(g.errw, nil)))
 }
 
 func cmdContext(cmd *cobra.Command) context.Context {

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -23,13 +21,7 @@ import (
 // servers (HAProxy, etcd, Redis, PostgreSQL) with the configuration labctl
 // writes for them, and the shop's own tiers.
 func shopServeCmds(g *globals) []*cobra.Command {
-	logger := func() *slog.Logger { return slog.New(slog.NewTextHandler(g.errw, nil)) }
-	// run gives a daemon a context that SIGTERM (the supervisor's stop) ends.
-	run := func(cmd *cobra.Command, fn func(ctx context.Context, log *slog.Logger) error) error {
-		ctx, stop := signal.NotifyContext(cmdContext(cmd), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return fn(ctx, logger())
-	}
+	run := g.runDaemon
 
 	var slb serve.HAProxyOptions
 	var backends string

@@ -22,10 +22,12 @@ import (
 
 	"labctl/lab/cli"
 	"labctl/lab/netns"
+	"labctl/lab/pki"
 	"labctl/lab/serve"
 	"labctl/lab/service"
 	"labctl/lab/shop/controller"
 	"labctl/lab/shop/registry"
+	"labctl/lab/shop/svc"
 	"labctl/lab/state"
 	"labctl/lab/topology"
 )
@@ -231,7 +233,7 @@ func TestOrderPath(t *testing.T) {
 
 	// Product reads go through the AZ's Redis: of three reads into two
 	// AZs' caches, at least one is a hit.
-	root := filepath.Join(state.PKIDir(lab), "root.pem")
+	root := pki.Paths(state.PKIDir(lab)).Root
 	hits := 0
 	for range 3 {
 		out := mustRun(t, lab, "ue1", "curl", "-sS", "--max-time", "5", "--cacert", root, "https://"+shopName+"/products/phone-x")
@@ -239,7 +241,7 @@ func TestOrderPath(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &p); err != nil || p.Price != "68.00" || !strings.HasPrefix(p.Instance, "east-") {
 			t.Fatalf("GET /products/phone-x from ue1: %v %s", err, out)
 		}
-		if p.Cache == "hit" {
+		if p.Cache == svc.CacheHit {
 			hits++
 		}
 	}

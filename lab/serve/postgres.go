@@ -49,7 +49,6 @@ const (
 	pgReadyTimeout    = 30 * time.Second       // until a started server accepts connections
 	pgCloneTimeout    = 60 * time.Second       // until the primary answers a standby's pg_basebackup
 	pgCloneRetry      = 200 * time.Millisecond // between pg_basebackup attempts
-	pgMaxSocketPath   = 107                    // sun_path less its final NUL
 	pgDefaultPort     = 5432
 	pgReadyPollPeriod = 100 * time.Millisecond
 )
@@ -74,8 +73,8 @@ func Postgres(ctx context.Context, o PostgresOptions, log *slog.Logger) error {
 		return err
 	}
 	sock := PostgresSocketDir(o.DataDir)
-	if p := filepath.Join(sock, ".s.PGSQL."+strconv.Itoa(o.Port)); len(p) > pgMaxSocketPath {
-		return fmt.Errorf("postgres socket path %s is longer than %d bytes: use a shorter data directory", p, pgMaxSocketPath)
+	if p := filepath.Join(sock, ".s.PGSQL."+strconv.Itoa(o.Port)); len(p) > maxSocketPath {
+		return fmt.Errorf("postgres socket path %s is longer than %d bytes: use a shorter data directory", p, maxSocketPath)
 	}
 	bin := filepath.Join(PostgresBin, "postgres")
 	if _, err := os.Stat(bin); err != nil {
@@ -153,8 +152,6 @@ func pgHBA(allow []string) (string, error) {
 	return b.String(), nil
 }
 
-// pgServerArgs are the postgres command line: the lab's settings as -c
-// options, which outrank the configuration files.
 // pgListen is listen_addresses: the node's address and loopback (for
 // readiness probes and local tools), or the socket only.
 func pgListen(ip string) string {
@@ -164,6 +161,8 @@ func pgListen(ip string) string {
 	return ip + ",127.0.0.1"
 }
 
+// pgServerArgs are the postgres command line: the lab's settings as -c
+// options, which outrank the configuration files.
 func pgServerArgs(o PostgresOptions, sock string) []string {
 	args := []string{"-D", o.DataDir}
 	for _, kv := range [][2]string{

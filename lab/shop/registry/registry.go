@@ -187,11 +187,11 @@ func sleep(ctx, client context.Context, wait *time.Duration) bool {
 	return false
 }
 
-// Close stops the keepalives and revokes the lease, which removes the
-// entry at once. A lease already gone is not an error.
 // revokeTimeout bounds the revocation in Close.
 const revokeTimeout = 300 * time.Millisecond
 
+// Close stops the keepalives and revokes the lease, which removes the
+// entry at once. A lease already gone is not an error.
 func (r *Registration) Close() error {
 	r.cancel()
 	<-r.done

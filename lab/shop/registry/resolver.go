@@ -25,12 +25,6 @@ func Target(region, service string) string { return Scheme + ":///" + region + "
 // instanceKey is the resolver.Address attribute naming the instance.
 type instanceKey struct{}
 
-// InstanceOf returns the instance name the resolver gave an address, or "".
-func InstanceOf(a resolver.Address) string {
-	name, _ := a.Attributes.Value(instanceKey{}).(string)
-	return name
-}
-
 // NewBuilder returns a gRPC resolver builder for etcd:///<region>/<service>
 // targets: the resolver watches the service's entries in the registry and
 // gives the channel one endpoint per instance, in instance order.

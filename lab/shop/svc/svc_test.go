@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"labctl/lab/serve"
 	"log/slog"
 	"net"
 	"os"
@@ -620,7 +621,7 @@ func TestProductCache(t *testing.T) {
 // ends and returns its address.
 func startRedis(t *testing.T) string {
 	t.Helper()
-	const bin = "/usr/bin/redis-server"
+	bin := serve.RedisBin
 	if _, err := os.Stat(bin); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s: %v", bin, err)

@@ -324,8 +324,8 @@ func TestGSLBRealTCP(t *testing.T) {
 		return func() bool { return st.Get("health_checks") >= n }
 	}
 	waitFor(t, "checks", checked(4))
-	if _, region := b.Select(netip.MustParseAddr("192.0.2.1")); region != "b" {
-		t.Fatalf("b is up and first: %s (%+v)", region, b.Status())
+	if _, region := b.Select(netip.MustParseAddr("192.0.2.1")); region != "b" || statusOf(b, "127.0.0.3").LastError != "" {
+		t.Fatalf("b is up (its checks pass) and first: %s (%+v)", region, b.Status())
 	}
 
 	lnB.Close()

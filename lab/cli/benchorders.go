@@ -56,7 +56,9 @@ type OrdersBenchResult struct {
 	Oversold   int64 `json:"oversold"`   // orders stored with no deduction behind them
 	Lost       int64 `json:"lost"`       // orders answered 201 (or OK) that the database does not have
 	// Deductions whose order was not written (a request that failed after
-	// deducting); the same order id again finishes them.
+	// deducting) and whose deadline has not passed yet: the sweepers give
+	// them back after it (store.DefaultHold), or the same order id again
+	// finishes them.
 	Unfinished int64 `json:"unfinished"`
 }
 
@@ -235,13 +237,7 @@ func labLoad(ctx context.Context, ns, pkiDir string, vips []string, run string, 
 		vip := net.JoinHostPort(vips[w%len(vips)], "443")
 		clients[w] = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var c net.Conn
-				err := netns.Do(ns, func() error {
-					var err error
-					c, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, "tcp", vip)
-					return err
-				})
-				return c, err
+				return netns.Dial(ctx, ns, &net.Dialer{Timeout: 3 * time.Second}, "tcp", vip)
 			},
 			TLSClientConfig:     &tls.Config{RootCAs: roots, ServerName: benchHost},
 			MaxIdleConnsPerHost: 1,

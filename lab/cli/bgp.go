@@ -32,7 +32,9 @@ prefix it learns into the kernel as a route with proto bgp.
   labctl bgp NODE fib           routes the speaker put in the kernel (proto bgp)
 
 --wait D waits up to D until every session is established, every best path
-is in the kernel and two polls agree, then prints how long that took.`,
+is in the kernel and two polls agree, then prints how long that took. A
+session over a link cut with 'labctl link down' is expected down: it is
+marked "cut" and not waited for.`,
 		Example: `  sudo labctl bgp --wait 30s
   sudo labctl bgp c2 rib
   sudo labctl exec c2 -- ip route show proto bgp
@@ -46,6 +48,9 @@ is in the kernel and two polls agree, then prints how long that took.`,
 				if what != "neighbors" && what != "rib" && what != "fib" {
 					return fmt.Errorf("%q: show neighbors, rib or fib", what)
 				}
+			}
+			if err := requireRoot("bgp", "it reads the speakers' sockets and the lab's namespaces"); err != nil {
+				return err
 			}
 			lab, err := resolveLab(lab)
 			if err != nil {
@@ -101,8 +106,12 @@ func bgpSummary(out io.Writer, sp []*engine.Speaker) error {
 		for _, p := range s.RIB {
 			prefixes[p.Prefix] = true
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%d/%d\t%d\t%d\t%d\t%s\n", s.Node, s.ASN, s.RouterID,
-			s.Established(), len(s.Neighbors), len(prefixes), s.Learned(), len(s.FIB), st)
+		sessions := fmt.Sprintf("%d/%d", s.Established(), len(s.Neighbors))
+		if len(s.Cut) > 0 {
+			sessions += fmt.Sprintf(" (%d cut)", len(s.Cut))
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", s.Node, s.ASN, s.RouterID,
+			sessions, len(prefixes), s.Learned(), len(s.FIB), st)
 	}
 	return w.Flush()
 }
@@ -133,7 +142,11 @@ func bgpNode(out io.Writer, t *topology.Topology, s *engine.Speaker, what string
 			if n.State == "established" {
 				up = n.Uptime.Round(time.Second).String()
 			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", name(n.Address), n.ASN, n.Type, n.State, up, n.Received, n.Accepted, n.Advertised)
+			st := n.State
+			if s.IsCut(n.Address) {
+				st += " (link cut)"
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", name(n.Address), n.ASN, n.Type, st, up, n.Received, n.Accepted, n.Advertised)
 		}
 	}
 	if what == "" || what == "rib" {

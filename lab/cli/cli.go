@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"labctl/lab/engine"
 	"labctl/lab/state"
 	"labctl/lab/topology"
+	"labctl/topologies"
 )
 
 // DefaultTopology is used by up and plan without -t.
@@ -49,6 +52,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ee exitError
 	if errors.As(err, &ee) {
 		return ee.code
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		// Say which signal stopped labctl, not only "context canceled".
+		err = fmt.Errorf("%v, stopped: %w", context.Cause(ctx), err)
 	}
 	if g.format == "json" {
 		json.NewEncoder(stderr).Encode(map[string]string{"error": err.Error()})
@@ -150,15 +157,45 @@ func (g *globals) json(v any) error {
 	return enc.Encode(v)
 }
 
-// loadTopology reads -t, defaulting to $LABCTL_TOPOLOGY or the sample.
+// loadTopology is loadTopologyContext without cancellation, within the
+// default limits.
 func loadTopology(file string) (*topology.Topology, error) {
+	return loadTopologyContext(context.Background(), file, topology.DefaultLimits)
+}
+
+// loadTopologyContext reads -t, defaulting to $LABCTL_TOPOLOGY or
+// DefaultTopology. DefaultTopology is read from the working directory when
+// it is there (an edited copy in a checkout wins) and otherwise from the
+// copy built into labctl, so that up and plan work anywhere; t.File
+// says which.
+func loadTopologyContext(ctx context.Context, file string, lim topology.Limits) (*topology.Topology, error) {
 	if file == "" {
 		file = os.Getenv("LABCTL_TOPOLOGY")
 	}
 	if file == "" {
+		if _, err := os.Stat(DefaultTopology); errors.Is(err, fs.ErrNotExist) {
+			data, err := topologies.FS.ReadFile(path.Base(DefaultTopology))
+			if err != nil {
+				return nil, err
+			}
+			return topology.ParseContext(ctx, data, EmbeddedTopology, lim)
+		}
 		file = DefaultTopology
 	}
-	return topology.Load(file)
+	return topology.LoadContext(ctx, file, lim)
+}
+
+// EmbeddedTopology is the File of the default lab read from labctl itself.
+const EmbeddedTopology = DefaultTopology + " (built into labctl)"
+
+// requireRoot is the error of a verb that needs root (to enter the lab's
+// namespaces, to reach its daemons' sockets) run by another user, nil for
+// root: said at once, before the verb waits on what it could not reach.
+func requireRoot(verb, why string) error {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s needs root (%s): run it with sudo", verb, why)
 }
 
 // resolveLab picks the lab a node-level verb works on: --lab, else the

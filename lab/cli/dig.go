@@ -51,7 +51,8 @@ answer), or that the answer came from its cache and with how much TTL left.
 TYPE defaults to A. --server asks another server instead (an address of a
 lab node, or any address the node can reach); an authoritative server
 answers for itself, without steps. When the lab runs BGP, dig first waits
-(up to --wait) until routing has converged, so it can follow up at once.
+(up to --wait) until routing has converged, so it can follow up at once
+(sessions over links cut with 'labctl link down' are not waited for).
 The same packet can be sent with the real dig tool:
 labctl exec NODE -- dig NAME`,
 		Example: `  sudo labctl dig ue1 www.shop.example          # the chain, first time
@@ -73,6 +74,9 @@ labctl exec NODE -- dig NAME`,
 			name := args[1]
 			if _, ok := mdns.IsDomainName(name); !ok || len(mdns.Fqdn(name)) > 254 {
 				return fmt.Errorf("%q is not a domain name", name)
+			}
+			if err := requireRoot("dig", "it enters the lab's namespaces"); err != nil {
+				return err
 			}
 			lab, rec, err := labRecord(lab)
 			if err != nil {

@@ -21,7 +21,10 @@ func statusCmd(g *globals) *cobra.Command {
 		Long: `List every lab present on this machine: those with state in /run/labctl and
 those found only by the marks on their namespaces (shown as orphaned; remove
 them with 'labctl down LAB'). A lab is healthy when every node's namespace
-exists and every service runs.`,
+exists, every service runs and the kernel matches its recorded topology:
+otherwise each difference (a route or address missing, a link down, …) is
+listed as drift, every step 'labctl up' would take to mend it. Links cut
+with 'labctl link down' are listed as cut, not as drift.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := g.engine(false).Status()
@@ -39,14 +42,93 @@ exists and every service runs.`,
 			fmt.Fprintln(w, "LAB\tSTATUS\tNODES\tNAMESPACES\tSERVICES\tHEALTH\tFILE")
 			for _, s := range st {
 				health := "ok"
-				if !s.Healthy {
+				switch {
+				case len(s.Drift) > 0:
+					health = "drift"
+				case !s.Healthy:
 					health = "degraded"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d/%d\t%s\t%s\n", s.Name, s.Status, s.Nodes, s.Namespaces, s.Running, s.Services, health, s.File)
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			for _, s := range st {
+				if len(s.Drift) > 0 {
+					fmt.Fprintf(g.out, "%s  drift: %s; labctl up mends it\n", s.Name, driftSummary(s.Drift))
+				}
+				if s.DriftErr != "" {
+					fmt.Fprintf(g.out, "%s  drift unknown: %s\n", s.Name, s.DriftErr)
+				}
+				if s.DriftSkipped != "" {
+					fmt.Fprintf(g.out, "%s  drift not checked: %s\n", s.Name, s.DriftSkipped)
+				}
+				for _, c := range s.Cut {
+					fmt.Fprintf(g.out, "%s  cut: %s ── %s; labctl link up mends it\n", s.Name, c[0], c[1])
+				}
+				if s.Restarts > 0 {
+					fmt.Fprintf(g.out, "%s  %d restart%s by the watcher (labctl inspect shows each service's)\n", s.Name, s.Restarts, plural(s.Restarts))
+				}
+				if len(s.Failed) > 0 {
+					fmt.Fprintf(g.out, "%s  failed: %s (restarted too often; labctl up starts them again)\n", s.Name, strings.Join(s.Failed, ", "))
+				}
+				if !s.Watching && s.Status != "orphaned" && s.Services > 0 {
+					fmt.Fprintf(g.out, "%s  watcher not running: nothing restarts its services; labctl up starts it\n", s.Name)
+				}
+			}
+			return nil
 		},
 	}
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// driftSummary says what drifted, by kind in the plan's order: "1 route
+// missing (ue1: default via 100.64.0.1), 2 links down (…)".
+func driftSummary(ds []engine.Drift) string {
+	var kinds []string
+	by := map[string][]string{}
+	for _, d := range ds {
+		if by[d.Kind] == nil {
+			kinds = append(kinds, d.Kind)
+		}
+		item := d.Item
+		if d.Node != "" {
+			item = d.Node + ": " + item
+		}
+		by[d.Kind] = append(by[d.Kind], item)
+	}
+	var parts []string
+	for _, k := range kinds {
+		items := by[k]
+		shown := items[:min(len(items), 3)]
+		more := ""
+		if len(items) > len(shown) {
+			more = fmt.Sprintf(", … %d more", len(items)-len(shown))
+		}
+		parts = append(parts, fmt.Sprintf("%d %s (%s%s)", len(items), pluralKind(k, len(items)), strings.Join(shown, ", "), more))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// pluralKind puts a drift kind's noun in the plural for n > 1.
+func pluralKind(kind string, n int) string {
+	if n == 1 {
+		return kind
+	}
+	for _, w := range [][2]string{{"address", "addresses"}, {"switch", "switches"}, {"nat table", "nat tables"},
+		{"route", "routes"}, {"link", "links"}, {"namespace", "namespaces"}, {"bridge", "bridges"},
+		{"port", "ports"}, {"sysctl", "sysctls"}, {"file", "files"}, {"service", "services"}} {
+		if rest, ok := strings.CutPrefix(kind, w[0]+" "); ok {
+			return w[1] + " " + rest
+		}
+	}
+	return kind
 }
 
 func inspectCmd(g *globals) *cobra.Command {
@@ -111,6 +193,14 @@ scripts.`,
 					run := "running"
 					if !s.Running {
 						run = "stopped"
+						if s.State != "" {
+							run = s.State
+						}
+					}
+					if s.Restarts > 0 {
+						run += fmt.Sprintf(", %d restart%s, last: %s", s.Restarts, plural(s.Restarts), s.LastExit)
+					} else if s.State != "" {
+						run += ", " + s.LastExit
 					}
 					fmt.Fprintf(g.out, "service %s/%s pid %d %s: %s (log %s)\n", n.Name, s.Name, s.PID, run, strings.Join(s.Command, " "), s.Log)
 				}
@@ -176,7 +266,9 @@ func logsCmd(g *globals) *cobra.Command {
 		Use:   "logs NODE [SERVICE]",
 		Short: "Print the output of a node's services",
 		Long: `Print what a node's services wrote (stdout and stderr, kept in
-/run/labctl/<lab>/logs/). Without SERVICE, every service of the node.`,
+/run/labctl/<lab>/logs/). Without SERVICE, every service of the node. Lines
+starting with "---" are labctl's own: each start, each end it saw, and
+each restart by the lab's watcher ("labctl: restart N after exit: …").`,
 		Example:           "  labctl logs h2 web",
 		Args:              cobra.RangeArgs(1, 2),
 		ValidArgsFunction: completeNodes,

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"labctl/lab/links"
+	"labctl/lab/engine"
 	"labctl/lab/topology"
 )
 
@@ -17,10 +17,14 @@ func linkCmd(g *globals) *cobra.Command {
 		Short: "Cut or mend the cable between two nodes",
 		Long: `Set both ends of the link between two nodes administratively down (a cut
 cable) or back up. A and B are node names, or node:iface when two nodes
-share several links. Nothing else changes: routing protocols see the
-failure as they would a real one (a BGP speaker drops the sessions over
-that link at once and withdraws what it learned there), and the next
-'labctl up' brings the link back as the topology says.`,
+share several links. Down changes nothing else: the kernel drops the
+routes through the two interfaces (and their IPv6 addresses), routing
+protocols see the failure as they would a real one (a BGP speaker drops the
+sessions over that link at once and withdraws what it learned there), and
+the lab records the cut, so 'labctl status' lists it and nothing brings it
+back but 'link up' or 'up'. Up re-converges the two nodes from the lab's
+recorded topology: both ends up, and every address and route the kernel
+dropped put back (other cut links stay down). 'labctl up' mends every cut.`,
 		Example: `  sudo labctl link down c2 border1     # the cloud loses carrier A
   sudo labctl exec ue1 -- traceroute -n 203.0.113.10
   sudo labctl link up c2 border1`,
@@ -43,15 +47,26 @@ that link at once and withdraws what it learned there), and the next
 			if err != nil {
 				return fmt.Errorf("lab %s: %w", lab, err)
 			}
-			for _, e := range []topology.Endpoint{a, b} {
-				if err := links.SetLinkUp(topology.Namespace(lab, e.Node), e.Iface, up); err != nil {
-					return err
-				}
+			eng := g.engine(false)
+			if g.format == "json" { // one document, not a stream of events
+				eng = engine.New(engine.Options{})
+			}
+			res, err := eng.Link(cmd.Context(), lab, a, b, up)
+			if err != nil {
+				return err
 			}
 			if g.format == "json" {
-				return g.json(map[string]any{"lab": lab, "link": []string{a.String(), b.String()}, "up": up})
+				steps := []string{}
+				for _, s := range res.Plan.Steps {
+					steps = append(steps, s.String())
+				}
+				return g.json(map[string]any{"lab": lab, "link": []string{a.String(), b.String()}, "up": up, "changes": res.Changes, "steps": steps})
 			}
-			fmt.Fprintf(g.out, "%s ── %s %s\n", a, b, args[0])
+			if up {
+				fmt.Fprintf(g.out, "%s ── %s up: %d changes\n", a, b, res.Changes)
+			} else {
+				fmt.Fprintf(g.out, "%s ── %s down (cut until link up or up)\n", a, b)
+			}
 			return nil
 		},
 	}

@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,13 +85,17 @@ for the first byte of the answer, and the total.
 --id makes the POST idempotent (sent as the Idempotency-Key header): the
 same id again returns the same order and never deducts stock twice. Without
 --id a fresh one is made. When the lab runs BGP, order first waits (up to
---wait) until routing has converged.`,
+--wait) until routing has converged; sessions over links cut with 'labctl
+link down' are expected down, not waited for, and named.`,
 		Example: `  sudo labctl order                               # ue1, one phone-x
   sudo labctl order --from ue2 --sku phone-x --qty 2
   sudo labctl order --id o-42 && sudo labctl order --id o-42   # the second is a replay
   sudo labctl order --coupon D11-10 --format json | jq .timing`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireRoot("order", "it enters the lab's namespaces"); err != nil {
+				return err
+			}
 			lab, rec, err := labRecord(lab)
 			if err != nil {
 				return err
@@ -156,15 +163,38 @@ func newOrderID() string {
 }
 
 // waitRouting waits until the lab's BGP speakers have converged, so an
-// order right after up does not race the routes.
+// order right after up does not race the routes. Sessions over a link cut
+// with `labctl link down` are expected down: the text output says which
+// were left out.
 func waitRouting(ctx context.Context, g *globals, lab string, t *topology.Topology, wait time.Duration) error {
 	if t == nil || len(engine.Speakers(t)) == 0 {
 		return nil
 	}
-	if _, _, err := g.engine(false).WaitBGP(ctx, lab, wait); err != nil {
+	sp, _, err := g.engine(false).WaitBGP(ctx, lab, wait)
+	if err != nil {
 		return fmt.Errorf("%w (see labctl bgp)", err)
 	}
+	if cut := cutSessionsText(t, sp); cut != "" && g.format == "text" {
+		fmt.Fprintf(g.out, "BGP converged without the sessions over cut links (labctl link up to mend): %s\n", cut)
+	}
 	return nil
+}
+
+// cutSessionsText lists the speakers' sessions over cut links, each as
+// node→neighbor (its node).
+func cutSessionsText(t *topology.Topology, sp []*engine.Speaker) string {
+	owners := t.IPv4Owners()
+	var out []string
+	for _, s := range sp {
+		for _, addr := range s.Cut {
+			what := s.Node + "→" + addr
+			if a, err := netip.ParseAddr(addr); err == nil && owners[a] != "" {
+				what += " (" + owners[a] + ")"
+			}
+			out = append(out, what)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // postOrder runs curl in ns: the lab root as its only CA, the order as the
@@ -308,6 +338,11 @@ replicated to it.`,
 				return err
 			}
 			res, err := readOrders(cmd.Context(), lab, rec.Topology, standby, limit)
+			if errors.Is(err, store.ErrNoRights) {
+				if root := requireRoot("orders", "the database's socket is for root and postgres only"); root != nil {
+					return fmt.Errorf("%w (%w)", root, err)
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -403,13 +438,17 @@ func dbDSN(lab string, t *topology.Topology, standby bool) (dsn, node string, er
 		}
 	}
 	dir := serve.PostgresSocketDir(state.DataDir(lab, s.Node, s.Service))
-	if _, err := os.Stat(dir); err != nil {
-		return "", s.Node, fmt.Errorf("%s's database is not running: %w", s.Node, err)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrPermission) {
+		return "", s.Node, fmt.Errorf("%s's database: %w to its socket directory: %w", s.Node, store.ErrNoRights, err)
+	} else if err != nil {
+		return "", s.Node, fmt.Errorf("%s's database is %w, not started (no socket directory): %w", s.Node, store.ErrUnreachable, err)
 	}
 	return serve.PostgresDSN(dir, port), s.Node, nil
 }
 
-// OpenDB opens the lab's primary or standby through its unix socket.
+// OpenDB opens the lab's primary or standby through its unix socket, at
+// once: a database that is down, refuses the user or lacks the schema is
+// an error that says which (store.ErrUnreachable, ErrNoRights, ErrNoSchema).
 func OpenDB(ctx context.Context, lab string, t *topology.Topology, standby bool) (*store.Store, string, error) {
 	dsn, node, err := dbDSN(lab, t, standby)
 	if err != nil {
@@ -417,7 +456,7 @@ func OpenDB(ctx context.Context, lab string, t *topology.Topology, standby bool)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	st, err := store.Open(ctx, dsn, 4)
+	st, err := store.Connect(ctx, dsn, 4)
 	if err != nil {
 		return nil, node, fmt.Errorf("%s: %w", node, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"labctl/lab/engine"
 	"labctl/lab/topology"
 )
 
@@ -72,5 +73,21 @@ func TestLabctlServicesFlags(t *testing.T) {
 	want := map[string]string{"port": "5433", "standby-of": "10.0.0.1:5432", "verbose": "true"}
 	if len(got) != 1 || got[0].Node != "db" || got[0].Service != "pg" || !maps.Equal(got[0].Flags, want) {
 		t.Errorf("labctlServices = %+v, want db/pg with %v", got, want)
+	}
+}
+
+// TestCutSessionsText: order and dig name the sessions they did not wait
+// for, each with the node holding the neighbor's address.
+func TestCutSessionsText(t *testing.T) {
+	tp, err := topology.Load("../../topologies/double11.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := []*engine.Speaker{{Node: "border1", Cut: []string{"198.51.100.33"}}, {Node: "c1"}, {Node: "c2", Cut: []string{"198.51.100.34"}}}
+	if got, want := cutSessionsText(tp, sp), "border1→198.51.100.33 (c2), c2→198.51.100.34 (border1)"; got != want {
+		t.Fatalf("%q, want %q", got, want)
+	}
+	if got := cutSessionsText(tp, sp[1:2]); got != "" {
+		t.Fatalf("no cut: %q", got)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"labctl/lab/engine"
 	"labctl/lab/serve"
 )
 
@@ -75,7 +76,20 @@ func serveCmd(g *globals) *cobra.Command {
 	}
 	dnsc.Flags().StringVar(&dnsConfig, "config", "", "what the node serves as JSON (dns.Config)")
 	dnsc.MarkFlagRequired("config")
-	c.AddCommand(httpc, echo, ovsdb, bgpc, dnsc)
+	var superviseLab string
+	supervise := &cobra.Command{
+		Use:   "supervise",
+		Short: "Watch a lab's services and restart them by their restart policy (started by up, ended by down)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.runDaemon(cmd, func(ctx context.Context, _ *slog.Logger) error {
+				return engine.New(engine.Options{}).Supervise(ctx, superviseLab)
+			})
+		},
+	}
+	supervise.Flags().StringVar(&superviseLab, "lab", "", "the lab to watch")
+	supervise.MarkFlagRequired("lab")
+	c.AddCommand(httpc, echo, ovsdb, bgpc, dnsc, supervise)
 	c.AddCommand(shopServeCmds(g)...)
 	return c
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 
 	"labctl/lab/bgp"
@@ -22,6 +24,10 @@ type Speaker struct {
 	RIB       []bgp.Path     `json:"rib"`
 	FIB       []bgp.Route    `json:"fib"`
 	Error     string         `json:"error,omitempty"`
+	// Cut lists the neighbors whose session runs over a link cut with
+	// `labctl link down`: expected down, they do not hold back
+	// convergence (CutSessions).
+	Cut []string `json:"cut,omitempty"`
 }
 
 // Established counts the speaker's sessions in state established.
@@ -47,10 +53,60 @@ func (s *Speaker) Learned() int {
 	return n
 }
 
-// Converged reports whether every session is up and every learned best
-// path is installed.
+// Converged reports whether every session is up, but those over a cut
+// link, and every learned best path is installed.
 func (s *Speaker) Converged() bool {
-	return s.Error == "" && len(s.Neighbors) > 0 && s.Established() == len(s.Neighbors) && len(s.FIB) == s.Learned()
+	return s.Error == "" && len(s.Neighbors) > 0 && len(s.Down()) == 0 && len(s.FIB) == s.Learned()
+}
+
+// Down lists the sessions not established that should be: all but those
+// over a cut link.
+func (s *Speaker) Down() []bgp.Neighbor {
+	var out []bgp.Neighbor
+	for _, nb := range s.Neighbors {
+		if nb.State != "established" && !s.IsCut(nb.Address) {
+			out = append(out, nb)
+		}
+	}
+	return out
+}
+
+// IsCut reports whether the session with the neighbor at addr runs over a
+// cut link.
+func (s *Speaker) IsCut(addr string) bool {
+	a, err := netip.ParseAddr(addr)
+	for _, c := range s.Cut {
+		if c == addr {
+			return true
+		}
+		if ca, cerr := netip.ParseAddr(c); cerr == nil && err == nil && ca == a {
+			return true
+		}
+	}
+	return false
+}
+
+// CutSessions maps each speaker of t to the neighbor addresses of its
+// sessions over a link in cut (the lab's record of `labctl link down`,
+// each link by its two ends): those whose source or neighbor address is
+// on an interface at one end of a cut link. They are expected down.
+func CutSessions(t *topology.Topology, cut [][2]string) map[string][]string {
+	out := map[string][]string{}
+	ends := cutEnds(cut)
+	if len(ends) == 0 || t == nil {
+		return out
+	}
+	for _, n := range Speakers(t) {
+		for _, nb := range t.Nodes[n].BGP.Neighbors {
+			for _, ep := range t.SessionEnds(n, nb) {
+				if ends[ep.String()] {
+					out[n] = append(out[n], nb.Address)
+					break
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Speakers lists the BGP routers of a lab (names sorted).
@@ -91,6 +147,10 @@ func (e *Engine) BGP(ctx context.Context, lab string, nodes []string) ([]*Speake
 			return nil, fmt.Errorf("node %s has no bgp block (speakers: %v)", n, Speakers(t))
 		}
 		out[i] = &Speaker{Node: n, ASN: node.BGP.ASN, RouterID: node.BGP.RouterID}
+	}
+	cut := CutSessions(t, rec.Cut)
+	for _, s := range out {
+		s.Cut = cut[s.Node]
 	}
 	e.each(ctx, len(out), func(i int) error {
 		s := out[i]
@@ -150,7 +210,7 @@ func (e *Engine) WaitBGP(ctx context.Context, lab string, timeout time.Duration)
 			last, since = fp, at
 		}
 		if time.Now().After(deadline) {
-			return sp, time.Since(start), fmt.Errorf("lab %s: BGP did not converge within %s", lab, timeout)
+			return sp, time.Since(start), fmt.Errorf("lab %s: BGP did not converge within %s%s", lab, timeout, pending(sp))
 		}
 		select {
 		case <-ctx.Done():
@@ -158,6 +218,34 @@ func (e *Engine) WaitBGP(ctx context.Context, lab string, timeout time.Duration)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// pending says what keeps speakers from converging: their errors, the
+// sessions down that are not over a cut link, routes not in the kernel.
+func pending(sp []*Speaker) string {
+	var why []string
+	for _, s := range sp {
+		switch {
+		case s.Error != "":
+			why = append(why, s.Node+": "+s.Error)
+		case len(s.Neighbors) == 0:
+			why = append(why, s.Node+": no sessions")
+		default:
+			for _, nb := range s.Down() {
+				why = append(why, fmt.Sprintf("%s→%s %s", s.Node, nb.Address, nb.State))
+			}
+			if len(s.FIB) != s.Learned() {
+				why = append(why, fmt.Sprintf("%s: %d of %d best paths in the kernel", s.Node, len(s.FIB), s.Learned()))
+			}
+		}
+	}
+	if len(why) == 0 {
+		return " (still changing)"
+	}
+	if len(why) > 4 {
+		why = append(why[:4], fmt.Sprintf("%d more", len(why)-4))
+	}
+	return ": " + strings.Join(why, "; ")
 }
 
 // fingerprint identifies the routing state of all speakers (not timers or

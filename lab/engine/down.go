@@ -34,7 +34,13 @@ func (e *Engine) Down(ctx context.Context, lab string) error {
 	nss := e.ownedNamespaces(lab, rec)
 	var errs []error
 
-	// Services first, politely, then everything else in the namespaces.
+	// The watcher first, so that nothing restarts what is stopped next
+	// (it acts only under the lab's lock, held here, but it must not
+	// outlive the lab); then services, politely, then everything else in
+	// the namespaces.
+	if err := stopWatcher(lab); err != nil {
+		errs = append(errs, err)
+	}
 	sup := e.Supervisor(lab)
 	recs, _ := sup.Records()
 	errs = append(errs, e.each(context.WithoutCancel(ctx), len(recs), func(i int) error {

@@ -89,8 +89,9 @@ type Result struct {
 var ErrCollision = errors.New("namespace belongs to something else")
 
 // Up makes the kernel match t: creates what is missing, fixes what
-// changed, removes what the lab owns but t no longer has. If a fresh lab
-// fails, everything it made is removed unless Retain is set.
+// changed, removes what the lab owns but t no longer has, and mends the
+// links Link cut. If a fresh lab fails, everything it made is removed
+// unless Retain is set.
 func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) {
 	start := time.Now()
 	unlock, err := state.Lock(t.Name)
@@ -121,22 +122,35 @@ func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) 
 	p := plan.Compute(t, obs)
 	e.report(Event{Lab: t.Name, Phase: "observe", Status: "ok", Elapsed: time.Since(t0),
 		Message: fmt.Sprintf("%d namespaces found, %d changes planned", len(obs.Namespaces), len(p.Steps))})
+	// Before anything changes: no file under /etc/netns that is not the
+	// lab's is written over, nor any through a symlink.
+	if err := links.CheckFiles(p); err != nil {
+		return nil, fmt.Errorf("lab %s: %w", t.Name, err)
+	}
 	res := &Result{Lab: t.Name, Changes: len(p.Steps), Plan: p}
 	if p.Empty() && prev != nil && prev.Status == "up" {
 		// Its names may have changed; the lab's record exists already.
 		if err := e.ensurePKI(t); err != nil {
 			return res, err
 		}
+		if len(prev.Cut) > 0 { // mended by hand: up mends every cut
+			prev.Cut = nil
+			if err := state.Save(prev); err != nil {
+				return res, err
+			}
+		}
 		res.Elapsed = time.Since(start)
 		e.report(Event{Lab: t.Name, Status: "info", Message: "lab is up to date"})
-		return res, nil
+		return res, e.ensureWatcher(t) // up restarts a watcher that was killed
 	}
 
 	// Record intent first: every namespace about to exist is listed before
 	// it is created, so down finds it even after kill -9.
 	rec := &state.Lab{Name: t.Name, File: t.File, Status: "applying", Topology: t}
 	if prev != nil {
-		rec.Created = prev.Created
+		// The cuts stay recorded until apply has mended them: a failed up
+		// may stop before the links.
+		rec.Created, rec.Cut = prev.Created, prev.Cut
 	}
 	rec.Namespaces = union(owned, desiredNamespaces(t))
 	if err := state.Save(rec); err != nil {
@@ -164,9 +178,13 @@ func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) 
 		state.Save(rec)
 		return res, applyErr
 	}
-	rec.Status = "up"
+	rec.Status, rec.Cut = "up", nil
 	rec.Namespaces = desiredNamespaces(t)
 	if err := state.Save(rec); err != nil {
+		return res, err
+	}
+	// After the record: the watcher reads the applied topology from it.
+	if err := e.ensureWatcher(t); err != nil {
 		return res, err
 	}
 	res.Elapsed = time.Since(start)

@@ -3,11 +3,13 @@ package engine
 import (
 	"context"
 	"errors"
+	"os"
 	"sort"
 
 	"labctl/lab/links"
 	"labctl/lab/netns"
 	"labctl/lab/plan"
+	"labctl/lab/service"
 	"labctl/lab/state"
 	"labctl/lab/topology"
 )
@@ -22,6 +24,21 @@ type LabStatus struct {
 	Services   int    `json:"services"`
 	Running    int    `json:"services_running"`
 	Healthy    bool   `json:"healthy"`
+	// Drift is every step `up` would take to make the kernel match the
+	// recorded topology, cut links aside; Cut is those links.
+	Drift    []Drift     `json:"drift"`
+	Cut      [][2]string `json:"cut,omitempty"`
+	DriftErr string      `json:"drift_error,omitempty"`
+	// DriftSkipped says why drift was not checked (a user who may not
+	// enter the lab's namespaces): the lab's health then rests on its
+	// namespaces and services alone.
+	DriftSkipped string `json:"drift_skipped,omitempty"`
+	// Restarts is how many times the watcher restarted the lab's services;
+	// Failed lists those it gave up on ("node/service"); Watching says
+	// whether the watcher runs.
+	Restarts int      `json:"restarts"`
+	Failed   []string `json:"failed"`
+	Watching bool     `json:"watching"`
 }
 
 // Status reports every lab present.
@@ -43,19 +60,37 @@ func (e *Engine) Status() ([]LabStatus, error) {
 				}
 			}
 		}
-		for _, ns := range e.ownedNamespaces(l, rec) {
+		owned := e.ownedNamespaces(l, rec)
+		for _, ns := range owned {
 			if netns.Exists(ns) {
 				s.Namespaces++
 			}
 		}
 		sup := e.Supervisor(l)
 		recs, _ := sup.Records()
+		s.Failed = []string{}
 		for _, r := range recs {
 			if sup.Alive(r) {
 				s.Running++
 			}
+			s.Restarts += r.Restarts
+			if r.State == service.StateFailed {
+				s.Failed = append(s.Failed, r.Key())
+			}
 		}
-		s.Healthy = s.Status == "up" && s.Namespaces == s.Nodes && s.Running == s.Services
+		_, s.Watching = Watcher(l)
+		s.Drift = []Drift{}
+		if rec != nil && rec.Topology != nil {
+			s.Cut = rec.Cut
+			if os.Geteuid() != 0 {
+				s.DriftSkipped = "reading the lab's namespaces needs root (sudo labctl status)"
+			} else if d, err := e.drift(context.Background(), rec, owned); err != nil {
+				s.DriftErr = err.Error()
+			} else {
+				s.Drift = d
+			}
+		}
+		s.Healthy = s.Status == "up" && s.Namespaces == s.Nodes && s.Running == s.Services && len(s.Drift) == 0 && s.DriftErr == ""
 		out = append(out, s)
 	}
 	return out, nil
@@ -91,6 +126,11 @@ type ServiceInfo struct {
 	Running bool     `json:"running"`
 	Command []string `json:"command"`
 	Log     string   `json:"log"`
+	// Restarts by the watcher, how the previous process ended, and State
+	// (exited, failed) once the watcher leaves it down.
+	Restarts int    `json:"restarts"`
+	LastExit string `json:"last_exit,omitempty"`
+	State    string `json:"state,omitempty"`
 }
 
 // Inspection is a lab as found in the kernel.
@@ -147,7 +187,8 @@ func (e *Engine) Inspect(lab string) (*Inspection, error) {
 		}
 		for _, r := range recs {
 			if r.Node == name {
-				ni.Services = append(ni.Services, ServiceInfo{Name: r.Service, PID: r.PID, Running: sup.Alive(r), Command: r.Command, Log: r.Log})
+				ni.Services = append(ni.Services, ServiceInfo{Name: r.Service, PID: r.PID, Running: sup.Alive(r), Command: r.Command, Log: r.Log,
+					Restarts: r.Restarts, LastExit: r.LastExit, State: r.State})
 			}
 		}
 		ins.Nodes = append(ins.Nodes, ni)

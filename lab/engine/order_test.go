@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"labctl/lab/cli"
+	"labctl/lab/engine"
 	"labctl/lab/netns"
 	"labctl/lab/pki"
 	"labctl/lab/serve"
@@ -98,13 +99,7 @@ func registryIn(t *testing.T, lab, node, region, service string) []string {
 	t.Helper()
 	ns := topology.Namespace(lab, node)
 	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := netns.Do(ns, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
+		return netns.Dial(ctx, ns, &net.Dialer{}, "tcp", addr)
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"10.20.1.30:2379"}, DialTimeout: 3 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial), grpc.WithTransportCredentials(insecure.NewCredentials())}})
@@ -138,6 +133,12 @@ func haproxyStats(t *testing.T, lab, node string) []serve.HAProxyServer {
 // servicePID is the PID the supervisor recorded for node/svc.
 func servicePID(t *testing.T, lab, node, svc string) int {
 	t.Helper()
+	return serviceRecord(t, lab, node, svc).PID
+}
+
+// serviceRecord is the supervisor's record of node/svc.
+func serviceRecord(t *testing.T, lab, node, svc string) service.Record {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(state.ServiceDir(lab), node+"."+svc+".json"))
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +147,7 @@ func servicePID(t *testing.T, lab, node, svc string) int {
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatal(err)
 	}
-	return r.PID
+	return r
 }
 
 func TestOrderPath(t *testing.T) {
@@ -302,9 +303,21 @@ func TestOrderPath(t *testing.T) {
 	}
 
 	// Kill one controller and one order-service instance: HAProxy's checks
-	// and the registry's leases route around them, and orders go on.
+	// and the registry's leases route around them, and orders go on. The
+	// lab's watcher is paused meanwhile, so the failover is seen before it
+	// restarts them.
+	w, ok := engine.Watcher(lab)
+	if !ok {
+		t.Fatal("no service watcher runs")
+	}
+	if err := syscall.Kill(w.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(w.PID, syscall.SIGCONT)
+	killed := map[[2]string]int{}
 	for _, k := range [][2]string{{"east-app1", "controller"}, {"east-app2", "order"}} {
-		if err := syscall.Kill(servicePID(t, lab, k[0], k[1]), syscall.SIGKILL); err != nil {
+		killed[k] = servicePID(t, lab, k[0], k[1])
+		if err := syscall.Kill(killed[k], syscall.SIGKILL); err != nil {
 			t.Fatalf("kill %s/%s: %v", k[0], k[1], err)
 		}
 	}
@@ -327,6 +340,20 @@ func TestOrderPath(t *testing.T) {
 			return false
 		})
 	}
+	// The watcher brings both back: new processes, one restart each, and
+	// the order instance in the registry again.
+	if err := syscall.Kill(w.PID, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for k, old := range killed {
+		waitUntil(t, 20*time.Second, k[0]+"/"+k[1]+" to be restarted", func() bool {
+			r := serviceRecord(t, lab, k[0], k[1])
+			return r.PID != old && r.Restarts == 1 && (service.OSProc{}).Alive(r.PID, r.Start)
+		})
+	}
+	waitUntil(t, 20*time.Second, "the restarted order instance to register", func() bool {
+		return slices.Equal(registryIn(t, lab, "east-app1", "east", "order"), []string{"east-app1", "east-app2"})
+	})
 
 	// down leaves nothing: no processes, no data, the root namespace as it was.
 	*downed = true

@@ -11,11 +11,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -111,10 +109,7 @@ func (d *Driver) Apply(ctx context.Context, s plan.Step) error {
 	case plan.OpFileWrite:
 		err = writeEtc(s)
 	case plan.OpFileDel:
-		err = os.Remove(s.Path)
-		if errors.Is(err, os.ErrNotExist) {
-			err = nil
-		}
+		err = removeEtc(s)
 	default:
 		err = fmt.Errorf("links driver cannot apply %s", s.Op)
 	}
@@ -349,42 +344,6 @@ func ReadSysctl(key string) (string, error) {
 
 func sysctlPath(key string) string { return "/proc/sys/" + strings.ReplaceAll(key, ".", "/") }
 
-// The files labctl writes under /etc/netns/<ns>/ are recognised by their
-// first line (a marker file would itself be bind-mounted over /etc by
-// `ip netns exec`, which mounts every file of the directory).
-func ours(path string) bool {
-	b, err := os.ReadFile(path)
-	return err == nil && strings.HasPrefix(string(b), plan.FileHeader)
-}
-
-func writeEtc(s plan.Step) error {
-	if err := os.MkdirAll(filepath.Dir(s.Path), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(s.Path, []byte(s.Data), 0o644)
-}
-
-// RemoveEtc removes the files labctl wrote for ns, and the directory once
-// it is empty; anything else there is left alone.
-func RemoveEtc(ns string) error {
-	dir := filepath.Join(plan.EtcNetns, ns)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil
-	}
-	var errs []error
-	for _, e := range ents {
-		if p := filepath.Join(dir, e.Name()); ours(p) {
-			errs = append(errs, os.Remove(p))
-		}
-	}
-	if err := os.Remove(dir); err != nil && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
-		errs = append(errs, err)
-	}
-	os.Remove(plan.EtcNetns) // only when empty: labctl made it
-	return errors.Join(errs...)
-}
-
 // Observe reads one namespace: its links with marks, global addresses,
 // labctl's routes, the given sysctls and its /etc/netns files.
 func (d *Driver) Observe(ns string, sysctls []string) (*plan.NSState, error) {
@@ -448,12 +407,7 @@ func (d *Driver) Observe(ns string, sysctls []string) (*plan.NSState, error) {
 			return nil, err
 		}
 	}
-	dir := filepath.Join(plan.EtcNetns, ns)
-	for _, f := range []string{"resolv.conf", "hosts"} {
-		if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil && strings.HasPrefix(string(b), plan.FileHeader) {
-			st.Files[f] = string(b)
-		}
-	}
+	st.Files = readEtc(ns)
 	return st, nil
 }
 

@@ -6,9 +6,11 @@
 package netns
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -202,6 +204,19 @@ func Do(name string, fn func() error) error {
 		}
 		return fn()
 	})
+}
+
+// Dial connects to addr from inside the named namespace with d: the
+// socket is created there, so it lives in that namespace's stack while the
+// caller stays where it is.
+func Dial(ctx context.Context, name string, d *net.Dialer, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := Do(name, func() error {
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
 }
 
 // Temp runs fn inside a new, unnamed namespace that disappears afterwards

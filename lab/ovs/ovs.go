@@ -1,5 +1,5 @@
-// Package ovs drives the Open vSwitch of each ovs-host (stage 1 and 9 of
-// the story): every host runs its own ovsdb-server and ovs-vswitchd inside
+// Package ovs drives the Open vSwitch of each ovs-host (stages 1 and 9 of
+// docs/double11-story.md): every host runs its own ovsdb-server and ovs-vswitchd inside
 // its namespace, with database and sockets under the lab's state directory,
 // so labctl never talks to the machine's own Open vSwitch.
 //

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"context"
 	"maps"
 	"net/netip"
 	"path/filepath"
@@ -23,6 +24,10 @@ const DefaultMTU = topology.DefaultMTU
 type Observed struct {
 	Namespaces map[string]*NSState     `json:"namespaces"`
 	Services   map[string]ServiceState `json:"services"` // key "node/service"
+	// Cut holds the ends ("node:iface") of links cut on purpose (`labctl
+	// link down`): the plan keeps them down and adds nothing that needs
+	// them up — the addresses and routes the kernel dropped with them.
+	Cut map[string]bool `json:"cut,omitempty"`
 }
 
 // NSState is one namespace as seen through netlink and /proc/sys.
@@ -77,6 +82,14 @@ type desiredLink struct {
 // Compute plans the steps that take obs to the topology t. A nil obs is
 // an empty world (what `labctl plan` shows).
 func Compute(t *topology.Topology, obs *Observed) *Plan {
+	p, _ := ComputeContext(context.Background(), t, obs)
+	return p
+}
+
+// ComputeContext is Compute that stops with ctx's error between phases
+// (each is linear in the lab), so a signal ends the plan of a huge lab
+// promptly.
+func ComputeContext(ctx context.Context, t *topology.Topology, obs *Observed) (*Plan, error) {
 	if obs == nil {
 		obs = &Observed{}
 	}
@@ -115,6 +128,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Services to stop: gone from the file, changed, or dead.
 	wantSvc := map[string]string{}
 	for _, n := range names {
@@ -136,6 +152,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Namespaces the lab owns but no longer wants.
 	wantNS := map[string]bool{}
 	for _, n := range names {
@@ -147,6 +166,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Links: a pair is intact when both ends exist with each other's mark.
 	intact := func(d *desiredLink) bool {
 		me, peer := obs.Namespaces[nsOf(d.node)], obs.Namespaces[nsOf(d.peerNode)]
@@ -184,6 +206,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Namespaces to create.
 	for _, n := range names {
 		if obs.Namespaces[nsOf(n)] == nil {
@@ -191,6 +216,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Links to create (each pair once, from its first endpoint).
 	fresh := map[string]bool{}
 	for _, l := range t.Links {
@@ -204,12 +232,17 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 			Node: a.Node, NS: nsOf(a.Node), Iface: a.Iface, Mark: Mark(t.Name, b.Node, b.Iface), MTU: d.mtu, PeerMTU: ends[b.Node][b.Iface].mtu,
 			PeerNode: b.Node, PeerNS: nsOf(b.Node), PeerIface: b.Iface, PeerMark: Mark(t.Name, a.Node, a.Iface)})
 	}
+	// A recreated pair comes up new, whatever was cut before.
+	cut := func(node, iface string) bool { return obs.Cut[node+":"+iface] && !fresh[node+":"+iface] }
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Existing links whose MTU or state drifted.
 	for _, n := range names {
 		st := obs.Namespaces[nsOf(n)]
 		for _, ifn := range sortedKeys(ends[n]) {
 			d := ends[n][ifn]
-			if fresh[n+":"+ifn] || st == nil {
+			if fresh[n+":"+ifn] || st == nil || cut(n, ifn) {
 				continue
 			}
 			if l := st.Links[ifn]; l != nil && (l.MTU != d.mtu || !l.Up) {
@@ -218,6 +251,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Every interface that sends into an Open vSwitch port (a VM's NIC, a
 	// router's leg, the far end of a host's NIC) computes its checksums
 	// itself: a veth leaves them to "hardware", the userspace datapath never
@@ -232,6 +268,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Open vSwitch: the daemons of each ovs-host, then its configuration.
 	stopped := map[string]bool{}
 	for _, s := range p.Steps {
@@ -278,6 +317,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Bridges of switch nodes and their ports.
 	for _, n := range names {
 		if !isBridgeNode(t, n) {
@@ -299,6 +341,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Sysctls.
 	for _, n := range names {
 		st := obs.Namespaces[nsOf(n)]
@@ -318,6 +363,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Addresses (lo included when configured).
 	for _, n := range names {
 		st := obs.Namespaces[nsOf(n)]
@@ -356,13 +404,16 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 				}
 			}
 			for _, a := range ifaces[ifn] {
-				if !have[a] {
+				if !have[a] && !cut(n, ifn) {
 					add(Step{Phase: PhaseAddresses, Op: OpAddrAdd, Node: n, NS: nsOf(n), Iface: ifn, Addr: a})
 				}
 			}
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Routes (only labctl's own protocol is compared).
 	lostAddr := map[string]bool{}
 	for _, s := range p.Steps {
@@ -397,10 +448,16 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 			if containsRoute(have, want[i]) && !routeDevFresh(have, want[i], n, fresh) && !lostAddr[n] {
 				continue
 			}
+			if ifn := routeDev(ends[n], want[i]); ifn != "" && cut(n, ifn) {
+				continue // the kernel refuses it until the link is mended
+			}
 			add(Step{Phase: PhaseRoutes, Op: OpRouteAdd, Node: n, NS: nsOf(n), Route: &want[i]})
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// NAT rules, compared as a whole per node.
 	for _, n := range names {
 		want := NATRules(t, t.Nodes[n])
@@ -413,6 +470,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Files under /etc/netns/<ns>/.
 	for _, n := range names {
 		st := obs.Namespaces[nsOf(n)]
@@ -433,6 +493,9 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	// Services to start, in dependency order.
 	for _, key := range ServiceOrder(t) {
 		node, svc, _ := strings.Cut(key, "/")
@@ -441,7 +504,27 @@ func Compute(t *topology.Topology, obs *Observed) *Plan {
 		}
 		add(Step{Phase: PhaseServices, Op: OpServiceStart, Node: node, NS: nsOf(node), Svc: svc})
 	}
-	return p
+	return p, nil
+}
+
+// routeDev is the interface a route leaves by: the one it names, else the
+// one whose subnet holds its gateway ("" when neither is known).
+func routeDev(ends map[string]*desiredLink, r Route) string {
+	if r.Dev != "" {
+		return r.Dev
+	}
+	via, err := netip.ParseAddr(r.Via)
+	if err != nil {
+		return ""
+	}
+	for _, ifn := range sortedKeys(ends) {
+		for _, a := range ends[ifn].addrs {
+			if p, err := netip.ParsePrefix(a); err == nil && p.Contains(via) {
+				return ifn
+			}
+		}
+	}
+	return ""
 }
 
 func routeDevFresh(have []Route, r Route, node string, fresh map[string]bool) bool {

@@ -60,11 +60,23 @@ func (OSProc) StartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(st[19], 10, 64)
 }
 
-// Alive implements Proc: running, not a zombie, same incarnation.
+// Alive implements Proc: running, same incarnation. A zombie (Z) in
+// /proc/PID/stat is only the thread-group leader's state: the process
+// lives while another of its threads does. A multithreaded program that
+// calls execve from another thread, as Go's `labctl serve ovsdb` does,
+// shows a zombie leader until the kernel hands that thread the PID.
 func (p OSProc) Alive(pid int, start uint64) bool {
 	st, err := procStat(pid)
-	if err != nil || st[0] == "Z" || st[0] == "X" {
+	if err != nil {
 		return false
+	}
+	if dead(st[0]) && !liveThread(pid) {
+		// The exec may have completed between the two reads, taking the
+		// exec'ing thread out of the task list: a zombie that is still
+		// one now is dead.
+		if st, err = procStat(pid); err != nil || dead(st[0]) {
+			return false
+		}
 	}
 	if start == 0 {
 		return true
@@ -73,10 +85,31 @@ func (p OSProc) Alive(pid int, start uint64) bool {
 	return err == nil && got == start
 }
 
+func dead(state string) bool { return state == "Z" || state == "X" }
+
+// liveThread reports whether a task of pid's thread group (the leader
+// included) is neither a zombie nor dead.
+func liveThread(pid int) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if st, err := readStat(dir + e.Name() + "/stat"); err == nil && !dead(st[0]) {
+			return true
+		}
+	}
+	return false
+}
+
 // procStat returns the fields of /proc/PID/stat after the command name,
 // starting with the state.
-func procStat(pid int) ([]string, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+func procStat(pid int) ([]string, error) { return readStat("/proc/" + strconv.Itoa(pid) + "/stat") }
+
+// readStat splits a stat file of /proc (a process's or a task's).
+func readStat(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

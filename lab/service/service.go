@@ -52,7 +52,23 @@ type Record struct {
 	Command []string  `json:"command"`
 	Log     string    `json:"log"`
 	Started time.Time `json:"started"`
+	// Restarts counts the watcher's restarts since up started it; Recent
+	// holds those within the restart window (the bound), LastExit how the
+	// process before this one ended.
+	Restarts int         `json:"restarts,omitempty"`
+	Recent   []time.Time `json:"recent_restarts,omitempty"`
+	LastExit string      `json:"last_exit,omitempty"`
+	// State is empty while the watcher keeps the service running,
+	// StateExited once it ended and its policy keeps it down, StateFailed
+	// once it ended more often than its bound allows.
+	State string `json:"state,omitempty"`
 }
+
+// Record states set by the watcher.
+const (
+	StateExited = "exited"
+	StateFailed = "failed"
+)
 
 // Key is "node/service".
 func (r Record) Key() string { return r.Node + "/" + r.Service }
@@ -130,6 +146,19 @@ var ErrExited = errors.New("service exited")
 
 // Start starts one service and waits until it is ready.
 func (s *Supervisor) Start(ctx context.Context, t *topology.Topology, node, name string) (Record, error) {
+	rec, err := s.spawn(t, node, name, nil)
+	if err != nil {
+		return rec, err
+	}
+	if err := s.waitReady(ctx, rec, t.Nodes[node].Services[name].Ready); err != nil {
+		return rec, fmt.Errorf("%s/%s: %w%s", node, name, err, logTail(rec.Log))
+	}
+	return rec, nil
+}
+
+// spawn starts a service's process and writes its record. A restart (prev
+// set) carries the previous record's restart history and says so in the log.
+func (s *Supervisor) spawn(t *topology.Topology, node, name string, prev *Record) (Record, error) {
 	svc := t.Nodes[node].Services[name]
 	ns := topology.Namespace(t.Name, node)
 	argv := append([]string{}, svc.Command...)
@@ -148,6 +177,13 @@ func (s *Supervisor) Start(ctx context.Context, t *topology.Topology, node, name
 	}
 	rec := Record{Node: node, Service: name, NS: ns, Hash: plan.ServiceHash(svc), Command: argv,
 		Log: s.LogPath(node, name), Started: time.Now().UTC()}
+	if prev != nil {
+		rec.Restarts, rec.Recent, rec.LastExit = prev.Restarts+1, append(slices.Clone(prev.Recent), rec.Started), prev.LastExit
+		if f, err := os.OpenFile(rec.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err == nil {
+			fmt.Fprintf(f, "--- %s labctl: restart %d after exit: %s\n", rec.Started.Format(time.RFC3339), rec.Restarts, rec.LastExit)
+			f.Close()
+		}
+	}
 	pid, err := s.Proc.Start(ns, argv, env, rec.Log)
 	if err != nil {
 		return rec, fmt.Errorf("start %s/%s: %w", node, name, err)
@@ -157,18 +193,38 @@ func (s *Supervisor) Start(ctx context.Context, t *topology.Topology, node, name
 	if err := s.write(rec); err != nil {
 		return rec, err
 	}
-	if err := s.waitReady(ctx, rec, svc.Ready); err != nil {
-		return rec, fmt.Errorf("%s/%s: %w%s", node, name, err, logTail(rec.Log))
-	}
 	return rec, nil
 }
 
+// write replaces a record atomically: the watcher reads records while up
+// writes them.
 func (s *Supervisor) write(r Record) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(s.recordPath(r.Node, r.Service), b, 0o644)
+	p := s.recordPath(r.Node, r.Service)
+	tmp := filepath.Join(s.Dir, "."+r.Node+"."+r.Service+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+// load reads one service's record; ok is false when there is none.
+func (s *Supervisor) load(node, name string) (r Record, ok bool, err error) {
+	p := s.recordPath(node, name)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return r, false, nil
+	}
+	if err != nil {
+		return r, false, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, false, fmt.Errorf("%s: %w", p, err)
+	}
+	return r, true, nil
 }
 
 func (s *Supervisor) waitReady(ctx context.Context, r Record, ready *topology.Ready) error {
@@ -261,22 +317,14 @@ func (s *Supervisor) StartAll(ctx context.Context, t *topology.Topology, keys []
 // Stop ends one service (SIGTERM, then SIGKILL after StopGrace) and drops
 // its record. A service that is not running is no error.
 func (s *Supervisor) Stop(node, name string) error {
-	p := s.recordPath(node, name)
-	b, err := os.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	r, ok, err := s.load(node, name)
+	if !ok || err != nil {
 		return err
-	}
-	var r Record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return fmt.Errorf("%s: %w", p, err)
 	}
 	if err := s.kill(r); err != nil {
 		return err
 	}
-	return os.Remove(p)
+	return os.Remove(s.recordPath(node, name))
 }
 
 func (s *Supervisor) kill(r Record) error {

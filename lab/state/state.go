@@ -30,6 +30,9 @@ type Lab struct {
 	Created    time.Time          `json:"created"`
 	Updated    time.Time          `json:"updated"`
 	Topology   *topology.Topology `json:"topology,omitempty"`
+	// Cut is every link `labctl link down` cut, as its two endpoints
+	// ("node:iface"): held down until `link up` or `up` mends it.
+	Cut [][2]string `json:"cut,omitempty"`
 }
 
 // Dir is a lab's state directory.

@@ -1,6 +1,6 @@
 package topology
 
-// The internet (stages 2 and 7 of the Double-11 story): routers that speak
+// The internet (stages 2 and 7 of docs/double11-story.md): routers that speak
 // BGP, and carrier-grade NAT at a carrier's edge.
 //
 // A router's bgp block declares its autonomous system, its neighbors and
@@ -393,6 +393,49 @@ func (t *Topology) IPv4Owners() map[netip.Addr]string {
 		}
 	}
 	return out
+}
+
+// SessionEnds are the interfaces that hold the two addresses of node's
+// session with nb: node's source address (nb.Local, else its address in a
+// subnet holding nb.Address) and nb.Address on the neighbor's node. For
+// routers on one link (or one switch) these are the ends of that link; an
+// address on no interface (a session from an unknown peer) gives no end.
+func (t *Topology) SessionEnds(node string, nb *BGPNeighbor) []Endpoint {
+	n := t.Nodes[node]
+	if n == nil || nb == nil {
+		return nil
+	}
+	peer, err := netip.ParseAddr(nb.Address)
+	if err != nil {
+		return nil
+	}
+	local, err := netip.ParseAddr(nb.Local)
+	if err != nil {
+		local, _ = addrOnSubnet(n, "", peer)
+	}
+	var out []Endpoint
+	if ifn, ok := ifaceHolding(n, local); ok {
+		out = append(out, Endpoint{node, ifn})
+	}
+	if p := t.Nodes[nb.Node]; p != nil {
+		if ifn, ok := ifaceHolding(p, peer); ok {
+			out = append(out, Endpoint{nb.Node, ifn})
+		}
+	}
+	return out
+}
+
+// ifaceHolding is the interface of n that has address a.
+func ifaceHolding(n *Node, a netip.Addr) (string, bool) {
+	if !a.IsValid() {
+		return "", false
+	}
+	for _, ifn := range sortedKeys(n.Interfaces) {
+		if ifc := n.Interfaces[ifn]; ifc != nil && hasAddr(ifc.Addresses, a) {
+			return ifn, true
+		}
+	}
+	return "", false
 }
 
 // peersWith reports whether speaker b has a neighbor entry for one of n's

@@ -1,9 +1,10 @@
 package topology
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
+	"github.com/goccy/go-yaml/token"
 )
 
 // Problem is one thing wrong with a topology file, located in it.
@@ -47,13 +49,9 @@ func (ps Problems) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// Load reads, decodes and validates a topology file.
+// Load reads, decodes and validates a topology file within DefaultLimits.
 func Load(path string) (*Topology, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return Parse(data, path)
+	return LoadContext(context.Background(), path, DefaultLimits)
 }
 
 // Parse decodes and validates a topology. The error, if any, is Problems.
@@ -71,16 +69,35 @@ func Parse(data []byte, file string) (*Topology, error) {
 var yamlMsgPos = regexp.MustCompile(`^\[(\d+):(\d+)\]\s*`)
 
 // Decode strictly decodes a topology without validating it: unknown fields,
-// duplicate keys and wrong types are errors located in the file.
+// duplicate keys and wrong types are errors located in the file. It applies
+// DefaultLimits.
 func Decode(data []byte, file string) (*Topology, error) {
+	return DecodeLimits(data, file, DefaultLimits)
+}
+
+// DecodeLimits is Decode within lim (zero fields take the default).
+func DecodeLimits(data []byte, file string, lim Limits) (*Topology, error) {
+	lim = lim.orDefault()
+	if int64(len(data)) > lim.FileSize {
+		return nil, Problems{{File: file, Msg: tooBigMsg(lim.FileSize)}}
+	}
+	if p := precheck(data, file, lim); p != nil {
+		return nil, Problems{*p}
+	}
 	src := &source{file: file}
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return nil, Problems{yamlProblem(file, err)}
 	}
 	src.ast = f
+	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
+		return nil, Problems{{File: file, Line: 1, Col: 1, Msg: "the file is empty: a topology needs at least name: and nodes:"}}
+	}
+	if p := checkAliases(f, file, lim); p != nil {
+		return nil, Problems{*p}
+	}
 	var t Topology
-	if pr, ok := unmarshal(data, f, &t, file); !ok {
+	if pr, ok := unmarshal(f, &t, file); !ok {
 		return nil, Problems{pr}
 	}
 	if len(f.Docs) > 1 {
@@ -92,6 +109,9 @@ func Decode(data []byte, file string) (*Topology, error) {
 		return nil, Problems{p}
 	}
 	t.File, t.src = file, src
+	if err := checkCounts(&t, src, lim); err != nil {
+		return nil, err
+	}
 	for name, n := range t.Nodes {
 		if n == nil {
 			return nil, Problems{src.problem(path{"nodes", name}, "node has no settings (write at least kind:)")}
@@ -101,11 +121,12 @@ func Decode(data []byte, file string) (*Topology, error) {
 	return &t, nil
 }
 
-// unmarshal strictly decodes data into t. go-yaml v1.19 panics on some
+// unmarshal strictly decodes the parsed document into t (parsing it again
+// would double the parser's cost). go-yaml v1.19 panics on some
 // malformed input (a tag with nothing after it where a list is expected), and
 // a bad file must be reported, not crash labctl: the panic becomes a Problem
 // at the first such tag.
-func unmarshal(data []byte, f *ast.File, t *Topology, file string) (pr Problem, ok bool) {
+func unmarshal(f *ast.File, t *Topology, file string) (pr Problem, ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			pr, ok = Problem{File: file, Msg: fmt.Sprintf("the YAML decoder failed on this file: %v", r)}, false
@@ -120,10 +141,139 @@ func unmarshal(data []byte, f *ast.File, t *Topology, file string) (pr Problem, 
 			}
 		}
 	}()
-	if err := yaml.UnmarshalWithOptions(data, t, yaml.DisallowUnknownField()); err != nil {
-		return yamlProblem(file, err), false
+	if err := yaml.NodeToValue(f.Docs[0].Body, t, yaml.DisallowUnknownField()); err != nil {
+		return typeProblem(f, yamlProblem(file, err), err), false
 	}
 	return Problem{}, true
+}
+
+// typeProblem rewrites go-yaml's "cannot unmarshal string into Go struct
+// field Topology.Nodes of type int" (which names the wrong field, in Go's
+// words) as the path of the value and the kind of value it must be.
+func typeProblem(f *ast.File, p Problem, err error) Problem {
+	var tk *token.Token
+	var want reflect.Type
+	var te *yaml.TypeError
+	var oe *yaml.OverflowError
+	switch {
+	case errors.As(err, &te):
+		tk, want = te.Token, te.DstType
+	case errors.As(err, &oe):
+		tk, want = oe.Token, oe.DstType
+	default:
+		return p
+	}
+	pth, n := pathAt(f, tk)
+	if n == nil {
+		return p
+	}
+	p.Field = pth.String()
+	got := "a mapping"
+	switch v := n.(type) {
+	case *ast.SequenceNode:
+		got = "a list"
+	case *ast.MappingNode, *ast.MappingValueNode:
+	case *ast.StringNode:
+		got = strconv.Quote(v.Value)
+	default:
+		if t := n.GetToken(); t != nil {
+			got = t.Value
+		}
+	}
+	if oe != nil {
+		p.Msg = fmt.Sprintf("%s is out of range for %s", got, typeWords(want))
+	} else {
+		p.Msg = fmt.Sprintf("must be %s, not %s", typeWords(want), got)
+	}
+	return p
+}
+
+// typeWords names a Go type as the file's author knows it.
+func typeWords(t reflect.Type) string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return "a value"
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a non-negative integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a mapping"
+	}
+	return "a " + t.String()
+}
+
+// pathAt finds the value whose token is tk, returning its path and node.
+func pathAt(f *ast.File, tk *token.Token) (path, ast.Node) {
+	if f == nil || tk == nil || tk.Position == nil || len(f.Docs) == 0 {
+		return nil, nil
+	}
+	same := func(n ast.Node) bool {
+		t := n.GetToken()
+		return t == tk || t != nil && t.Position != nil && t.Position.Offset == tk.Position.Offset && t.Position.Line == tk.Position.Line
+	}
+	var find func(n ast.Node, p path) (path, ast.Node)
+	find = func(n ast.Node, p path) (path, ast.Node) {
+		if n == nil {
+			return nil, nil
+		}
+		switch v := n.(type) {
+		case *ast.TagNode:
+			if same(v) {
+				return p, v.Value
+			}
+			return find(v.Value, p)
+		case *ast.AnchorNode:
+			if same(v) {
+				return p, v.Value
+			}
+			return find(v.Value, p)
+		case *ast.MappingNode:
+			for _, mv := range v.Values {
+				if q, m := find(mv, p); m != nil {
+					return q, m
+				}
+			}
+			if same(v) {
+				return p, v
+			}
+		case *ast.MappingValueNode:
+			q := p.with(keyText(v.Key))
+			if r, m := find(v.Value, q); m != nil {
+				return r, m
+			}
+			if same(v) {
+				return q, v.Value
+			}
+		case *ast.SequenceNode:
+			if same(v) {
+				return p, v
+			}
+			for i, x := range v.Values {
+				if q, m := find(x, p.with(i)); m != nil {
+					return q, m
+				}
+			}
+		default:
+			if same(v) {
+				return p, v
+			}
+		}
+		return nil, nil
+	}
+	return find(f.Docs[0].Body, nil)
 }
 
 // yamlProblem turns a go-yaml error into a located Problem.
@@ -164,6 +314,9 @@ func (p path) String() string {
 		case string:
 			if i > 0 {
 				b.WriteByte('.')
+			}
+			if v == "" {
+				v = `""` // an empty key, which would otherwise vanish
 			}
 			b.WriteString(v)
 		}

@@ -1,6 +1,6 @@
 package topology
 
-// The DNS world (stage 3 of the Double-11 story): zones served by
+// The DNS world (stage 3 of docs/double11-story.md): zones served by
 // authoritative nodes, a GSLB zone, caching recursive resolvers and an
 // HTTPDNS endpoint.
 //

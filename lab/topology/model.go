@@ -97,6 +97,14 @@ type Service struct {
 	After   []string          `yaml:"after,omitempty" json:"after,omitempty"`
 	Env     map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
 	Ready   *Ready            `yaml:"ready,omitempty" json:"ready,omitempty"`
+	// Restart is what the lab's watcher does when the process ends:
+	// on-failure (the default; any end but exit status 0), always, or
+	// never. At most MaxRestarts restarts within RestartWindow, then the
+	// service is marked failed. Empty fields keep the defaults (and the
+	// hash of services written before these fields existed).
+	Restart       string   `yaml:"restart,omitempty" json:"restart,omitempty"`
+	MaxRestarts   *int     `yaml:"max-restarts,omitempty" json:"max_restarts,omitempty"`
+	RestartWindow Duration `yaml:"restart-window,omitempty" json:"restart_window,omitempty"`
 	// Early services are part of the node's network (an ovs-host's Open
 	// vSwitch daemons): they start before addresses are set.
 	Early bool `yaml:"-" json:"early,omitempty"`
@@ -109,6 +117,35 @@ type Ready struct {
 	Exec    []string `yaml:"exec,omitempty" json:"exec,omitempty"`
 	File    string   `yaml:"file,omitempty" json:"file,omitempty"`
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+}
+
+// Restart policies of a service.
+const (
+	RestartOnFailure = "on-failure"
+	RestartAlways    = "always"
+	RestartNever     = "never"
+)
+
+// The default bound on restarts: more than DefaultMaxRestarts within
+// DefaultRestartWindow and the watcher gives up on the service.
+const (
+	DefaultMaxRestarts   = 5
+	DefaultRestartWindow = 60 * time.Second
+)
+
+// RestartPolicy returns the service's policy with its defaults filled in.
+func (s *Service) RestartPolicy() (policy string, max int, window time.Duration) {
+	policy, max, window = s.Restart, DefaultMaxRestarts, DefaultRestartWindow
+	if policy == "" {
+		policy = RestartOnFailure
+	}
+	if s.MaxRestarts != nil {
+		max = *s.MaxRestarts
+	}
+	if s.RestartWindow > 0 {
+		window = time.Duration(s.RestartWindow)
+	}
+	return policy, max, window
 }
 
 // DNS is written to /etc/netns/<namespace>/resolv.conf.

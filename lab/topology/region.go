@@ -1,6 +1,6 @@
 package topology
 
-// The cloud region (stages 1, 8 and 9 of the Double-11 story): compute hosts running
+// The cloud region (stages 1, 8 and 9 of docs/double11-story.md): compute hosts running
 // Open vSwitch, VPCs with VXLAN IDs, VMs and virtual routers on those hosts.
 //
 // A topology declares them at the level a cloud user thinks in (a VM is in

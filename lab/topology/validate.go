@@ -169,15 +169,21 @@ func (c *checker) node(name string, n *Node) {
 			}
 		}
 	}
+	size := 0
 	for _, a := range sortedKeys(n.Hosts) {
 		if _, err := netip.ParseAddr(a); err != nil {
 			c.add(p.with("hosts", a), "%q is not an IP address", a)
 		}
+		size += len(a) + 1
 		for i, h := range n.Hosts[a] {
 			if !hostRe.MatchString(h) {
 				c.add(p.with("hosts", a, i), "%q is not a host name", h)
 			}
+			size += len(h) + 1
 		}
+	}
+	if size > MaxHostsFile {
+		c.add(p.with("hosts"), "makes a hosts file of %d bytes, over the limit of %d", size, MaxHostsFile)
 	}
 }
 
@@ -488,6 +494,16 @@ func (c *checker) services() {
 				c.add(p.with("command"), "a service needs a command (an argv list)")
 				continue
 			}
+			for _, k := range sortedKeys(s.Env) {
+				// exec would pass "" or "A=B" on as a malformed or
+				// different variable.
+				switch {
+				case k == "":
+					c.addAtKey(p.with("env", k), "an environment variable needs a name")
+				case strings.ContainsAny(k, "=\x00"):
+					c.addAtKey(p.with("env", k), "environment variable name %q cannot hold '=' or NUL", k)
+				}
+			}
 			for i, dep := range s.After {
 				dn, ds := SplitServiceRef(name, dep)
 				if dn == name && ds == sn {
@@ -518,6 +534,7 @@ func (c *checker) services() {
 					c.add(p.with("ready", "timeout"), "timeout must not be negative")
 				}
 			}
+			c.restart(p, s)
 		}
 	}
 	if cyc := c.t.serviceCycle(); cyc != nil {

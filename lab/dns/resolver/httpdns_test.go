@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -150,6 +151,53 @@ func TestHTTPDNSErrors(t *testing.T) {
 	}
 	if got := st.Get("upstream_queries"); got != 0 {
 		t.Fatalf("bad requests went upstream: %d", got)
+	}
+}
+
+// TestHTTPDNSRejectsBadNames: a name with a NUL or another control byte
+// (raw or escaped), an empty label, a label over 63 octets or a name over
+// 253 is a 400 whose error names the problem, and never goes upstream;
+// names at the limits are resolved.
+func TestHTTPDNSRejectsBadNames(t *testing.T) {
+	w := newWorld(t)
+	h, st := newHTTPDNS(t, w)
+	label63 := strings.Repeat("a", 63)
+	name253 := strings.Repeat(label63+".", 3) + strings.Repeat("b", 61) // 3×(63+1) + 61 = 253 octets
+	for _, c := range []struct{ name, problem string }{
+		{"a\x00b.shop.example", "NUL"},
+		{"api.shop.example\x00", "NUL"},
+		{"\x00", "NUL"},
+		{`a\000b.shop.example`, "NUL"},
+		{"a\x01b.shop.example", "control byte 0x01"},
+		{"a\nb.shop.example", "control byte 0x0a"},
+		{"a\x7fb.shop.example", "control byte 0x7f"},
+		{`a\031b.shop.example`, "control byte 0x1f"},
+		{"a..b.shop.example", "label 2 is empty"},
+		{".shop.example", "label 1 is empty"},
+		{"shop.example..", "label 3 is empty"},
+		{strings.Repeat("a", 64) + ".shop.example", "label 1 is 64 octets long"},
+		{"x." + strings.Repeat("a", 200) + ".shop.example", "label 2 is 200 octets long"},
+		{name253 + "b", "254 octets long"},
+		{name253 + "b.", "254 octets long"},
+		{`a\`, "ends in a lone backslash"},
+		{`a\25`, "escape"},
+		{`a\256.example`, "escape"},
+	} {
+		target := "/resolve?name=" + url.QueryEscape(c.name)
+		code, _, raw, _ := get(t, h, "GET", target, "198.51.100.3:1")
+		e, _ := raw["error"].(string)
+		if code != http.StatusBadRequest || !strings.Contains(e, c.problem) {
+			t.Errorf("%q: %d %q, want 400 naming %q", c.name, code, e, c.problem)
+		}
+	}
+	if got := st.Get("upstream_queries"); got != 0 {
+		t.Fatalf("bad names went upstream: %d queries", got)
+	}
+	for _, name := range []string{label63 + ".shop.example", name253, name253 + ".", "api.shop.example.", `a\.b.shop.example`} {
+		code, _, raw, _ := get(t, h, "GET", "/resolve?name="+url.QueryEscape(name), "198.51.100.3:1")
+		if code != http.StatusOK {
+			t.Errorf("%q: %d %v, want 200", name, code, raw)
+		}
 	}
 }
 

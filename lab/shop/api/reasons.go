@@ -42,6 +42,18 @@ func Error(c codes.Code, reason, msg string) error {
 	return st.Err()
 }
 
+// OrderIDTaken is the message of every ORDER_MISMATCH: it says only that
+// the id is taken, never what the stored order holds (anyone who guesses
+// or sees an id could otherwise read another customer's order).
+// An empty id says "the order id".
+func OrderIDTaken(id string) string {
+	what := "the order id"
+	if id != "" {
+		what = "order id " + id
+	}
+	return what + " is already taken by an order with other contents: a retry must send the same order; use a new order id for a new order"
+}
+
 // Reason returns the ErrorInfo reason of a gRPC error, or "".
 func Reason(err error) string {
 	var se interface{ GRPCStatus() *status.Status }

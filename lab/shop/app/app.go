@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"labctl/lab/serve"
@@ -38,12 +40,15 @@ type Shop struct {
 	DBConns   int32         // connection pool size
 }
 
-// Defaults of the app tier's ports and registry lease.
+// Defaults of the app tier's ports and registry lease. The gRPC ports are
+// below the ephemeral range (net.ipv4.ip_local_port_range, 32768-60999):
+// inside it, an outgoing connection of a VM's other services (to etcd, the
+// database, the cache) can hold the port when the service binds it.
 const (
 	PortController = 8080
-	PortOrder      = 50051
-	PortInventory  = 50052
-	PortCoupon     = 50053
+	PortOrder      = 5051
+	PortInventory  = 5052
+	PortCoupon     = 5053
 	DefaultLease   = 2 * time.Second
 	DefaultDBConns = 16 // database connections per process
 )
@@ -104,7 +109,19 @@ func InventoryServer(ctx context.Context, o Shop, log *slog.Logger) (func(*grpc.
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: o.Redis, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
 	srv := svc.NewInventory(st, svc.NewRedisCache(rdb, 30*time.Second, log), o.instance(), log)
-	return func(g *grpc.Server) { api.RegisterInventoryServer(g, srv) }, func() { rdb.Close(); st.Close() }, nil
+	stop := sweep(ctx, st, log)
+	return func(g *grpc.Server) { api.RegisterInventoryServer(g, srv) }, func() { stop(); rdb.Close(); st.Close() }, nil
+}
+
+// sweep runs svc.Sweep on st until the returned stop is called: every
+// inventory and order instance gives back the deductions left without
+// their order, from its start on, so any one of them surviving a fault
+// (or coming back after it) is enough.
+func sweep(ctx context.Context, st *store.Store, log *slog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); svc.Sweep(ctx, st, svc.SweepEvery, log) }()
+	return func() { cancel(); <-done }
 }
 
 // CouponServer is InventoryServer for the coupon service.
@@ -124,7 +141,8 @@ func OrderServer(ctx context.Context, o Shop, inv api.InventoryClient, cpn api.C
 		return nil, nil, err
 	}
 	srv := svc.NewOrder(st, inv, cpn, o.instance(), log)
-	return func(g *grpc.Server) { api.RegisterOrderServer(g, srv) }, st.Close, nil
+	stop := sweep(ctx, st, log)
+	return func(g *grpc.Server) { api.RegisterOrderServer(g, srv) }, func() { stop(); st.Close() }, nil
 }
 
 // Controller runs the controller tier: HTTP behind the SLBs (PROXY v2),
@@ -205,9 +223,10 @@ func (o Shop) serve(ctx context.Context, service string, register func(*grpc.Ser
 	return o.serveWith(ctx, cli, service, register, log)
 }
 
-// serveWith registers the instance under a lease, then serves gRPC until
-// ctx ends; the lease is revoked on the way out, so clients drop the
-// instance at once (or after the lease's TTL if the process dies).
+// serveWith binds the instance's port, registers the instance under a
+// lease, then listens and serves gRPC until ctx ends; the lease is revoked
+// on the way out, so clients drop the instance at once (or after the
+// lease's TTL if the process dies).
 func (o Shop) serveWith(ctx context.Context, cli *clientv3.Client, service string, register func(*grpc.Server), log *slog.Logger) error {
 	adv, err := o.advertise()
 	if err != nil {
@@ -217,13 +236,21 @@ func (o Shop) serveWith(ctx context.Context, cli *clientv3.Client, service strin
 	if ttl == 0 {
 		ttl = DefaultLease
 	}
-	reg, err := registry.Register(ctx, cli, registry.Instance{Addr: adv, Instance: o.instance(), Region: o.Region, Service: service}, ttl)
+	// Bound before registering, so the registry never lists an instance
+	// whose port is someone else's; listening only after, so the instance
+	// is in the registry once its port answers (the supervisor's readiness).
+	sock, err := bindTCP(o.Listen)
+	if err != nil {
+		return fmt.Errorf("grpc listen %s: %w", o.Listen, err)
+	}
+	defer sock.Close()
+	reg, err := registry.Register(ctx, cli, registry.Instance{Addr: adv, Instance: o.instance(), Region: o.Region, Service: service}, ttl,
+		func(err error) { log.Warn("not registered yet, retrying", "etcd", o.Etcd, "err", err) })
 	if err != nil {
 		return fmt.Errorf("register %s in %s: %w", service, o.Etcd, err)
 	}
-	// Registered before listening, so the instance is in the registry
-	// once its port answers (the supervisor's readiness); deregistered as
-	// soon as it is told to stop, while in-flight calls finish.
+	// Deregistered as soon as it is told to stop, while in-flight calls
+	// finish.
 	sctx, stop := context.WithCancel(ctx)
 	revoked := make(chan struct{})
 	go func() {
@@ -232,10 +259,81 @@ func (o Shop) serveWith(ctx context.Context, cli *clientv3.Client, service strin
 		reg.Close()
 	}()
 	log.Info("registered", "service", service, "region", o.Region, "addr", adv, "lease", ttl)
-	err = svc.Serve(ctx, o.Listen, register, log)
+	if lis, lerr := listen(sock); lerr != nil {
+		err = fmt.Errorf("grpc listen %s: %w", o.Listen, lerr)
+	} else {
+		err = svc.ServeListener(ctx, lis, register, log)
+	}
 	stop()
 	<-revoked
 	return err
+}
+
+// bindTCP returns a TCP socket bound to addr ("[host]:port", host an IP
+// literal) but not listening; like net.Listen, an empty host is every
+// IPv4 and IPv6 address, and SO_REUSEADDR lets a restarted instance bind
+// over its predecessor's TIME_WAIT connections.
+func bindTCP(addr string) (*os.File, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("bad port %q", port)
+	}
+	var ip netip.Addr
+	if host != "" {
+		if ip, err = netip.ParseAddr(host); err != nil {
+			return nil, fmt.Errorf("host %q is not an IP address", host)
+		}
+	}
+	family := unix.AF_INET6
+	if ip.Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil && host == "" {
+		family = unix.AF_INET // no IPv6 in this kernel
+		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), "tcp "+addr)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		f.Close()
+		return nil, os.NewSyscallError("setsockopt", err)
+	}
+	var sa unix.Sockaddr
+	switch {
+	case family == unix.AF_INET && host == "":
+		sa = &unix.SockaddrInet4{Port: int(p)}
+	case family == unix.AF_INET:
+		sa = &unix.SockaddrInet4{Port: int(p), Addr: ip.As4()}
+	case host == "":
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			f.Close()
+			return nil, os.NewSyscallError("setsockopt", err)
+		}
+		sa = &unix.SockaddrInet6{Port: int(p)}
+	default:
+		sa = &unix.SockaddrInet6{Port: int(p), Addr: ip.As16()}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		f.Close()
+		return nil, os.NewSyscallError("bind", err)
+	}
+	return f, nil
+}
+
+// listen makes a bound socket listen and returns it as a net.Listener
+// (on a duplicate of the socket: the caller still closes sock).
+func listen(sock *os.File) (net.Listener, error) {
+	if err := unix.Listen(int(sock.Fd()), unix.SOMAXCONN); err != nil {
+		return nil, os.NewSyscallError("listen", err)
+	}
+	return net.FileListener(sock)
 }
 
 func (o Shop) instance() string {

@@ -1,5 +1,5 @@
-// Package controller is the shop's controller tier (stage 9 of the
-// Double-11 story): it takes the subscriber's HTTP POST /purchaseOrder
+// Package controller is the shop's controller tier (stage 9 of
+// docs/double11-story.md): it takes the subscriber's HTTP POST /purchaseOrder
 // from HAProxy (with the subscriber's address in a PROXY v2 header),
 // validates it and calls the order service by gRPC, then answers with the
 // order or with an error the client can act on.
@@ -241,6 +241,11 @@ func (h *handler) purchase(w http.ResponseWriter, r *http.Request) {
 	reply, err := h.c.Orders.Create(ctx, create)
 	cancel()
 	if err != nil {
+		if api.Reason(err) == api.ReasonOrderMismatch {
+			// Whatever the service said, the stored order is not this
+			// caller's to read.
+			err = api.Error(codes.AlreadyExists, api.ReasonOrderMismatch, api.OrderIDTaken(create.OrderId))
+		}
 		h.failRPC(w, r, err)
 		return
 	}
@@ -307,6 +312,11 @@ func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
 
 // decodeOrder reads and strictly decodes the JSON body.
 func decodeOrder(w http.ResponseWriter, r *http.Request) (*OrderRequest, *failure) {
+	// Two headers are ambiguous: net/http's Get would read the first only.
+	if cts := r.Header.Values("Content-Type"); len(cts) > 1 {
+		return nil, &failure{http.StatusUnsupportedMediaType, codeMediaType,
+			fmt.Sprintf("one Content-Type, application/json, not %d (%q)", len(cts), cts)}
+	}
 	if f := checkContentType(r.Header.Get("Content-Type")); f != nil {
 		return nil, f
 	}
@@ -332,7 +342,77 @@ func decodeOrder(w http.ResponseWriter, r *http.Request) (*OrderRequest, *failur
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, invalid("malformed JSON: data after the order object at byte %d", end)
 	}
+	if key := duplicateKey(buf.Bytes()); key != "" {
+		return nil, invalid("duplicate key %q: send each field once", key)
+	}
 	return &req, nil
+}
+
+// duplicateKey is the path ("order.price") of the first key that repeats
+// one before it in the same object of the valid JSON data, or "".
+// encoding/json would keep the last; it also matches field names without
+// regard to case, so keys are compared case-folded as it compares them.
+func duplicateKey(data []byte) string {
+	type object struct {
+		path string
+		seen map[string]bool
+		key  bool // the next string is a key
+	}
+	var stack []*object
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	next := "" // the path of the value about to start
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "" // EOF, or invalid: Decode has said so already
+		}
+		var top *object
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if s, ok := tok.(string); ok && top != nil && top.key {
+			k := foldKey(s)
+			next = s
+			if top.path != "" {
+				next = top.path + "." + s
+			}
+			if top.seen[k] {
+				return next
+			}
+			top.seen[k] = true
+			top.key = false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &object{path: next, seen: map[string]bool{}, key: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &object{path: next + "[]"})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		// A value ended: the enclosing object wants a key again.
+		if len(stack) > 0 && stack[len(stack)-1].seen != nil {
+			stack[len(stack)-1].key = true
+		}
+	}
+}
+
+// foldKey maps s to one spelling of its case-folding class, the classes
+// bytes.EqualFold (and so encoding/json's field matching) uses.
+func foldKey(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		m := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			m = min(m, f)
+		}
+		b.WriteRune(m)
+	}
+	return b.String()
 }
 
 // checkContentType admits application/json, with any parameters but a

@@ -295,7 +295,7 @@ func TestPurchaseHTTPErrors(t *testing.T) {
 	wantError(t, send("POST", "/purchaseOrder", "application/json", io.MultiReader(strings.NewReader(big))),
 		http.StatusRequestEntityTooLarge, "too_large")
 	// Just under the limit is read.
-	padded := validBody[:len(validBody)-1] + `,"order":{"className":"` + strings.Repeat("a", maxBody-len(validBody)-40) + `"}}`
+	padded := strings.Replace(validBody, `"className":"phone"`, `"className":"`+strings.Repeat("a", maxBody-len(validBody)-8)+`"`, 1)
 	if rec := send("POST", "/purchaseOrder", "application/json", strings.NewReader(padded)); rec.Code/100 != 2 {
 		t.Errorf("%d-byte body: %d %s", len(padded), rec.Code, rec.Body)
 	}
@@ -316,7 +316,7 @@ func TestReasonMapping(t *testing.T) {
 		{api.Error(codes.FailedPrecondition, api.ReasonCouponExhausted, "SAVE5 used up"), 409, "coupon_exhausted", "SAVE5 used up"},
 		{api.Error(codes.FailedPrecondition, api.ReasonCouponMinimum, "below 100.00"), 409, "coupon_minimum", "below 100.00"},
 		{api.Error(codes.FailedPrecondition, api.ReasonPriceChanged, "now 69.00"), 409, "price_changed", "now 69.00"},
-		{api.Error(codes.AlreadyExists, api.ReasonOrderMismatch, "o-1 was flash-2"), 422, "order_mismatch", "o-1 was flash-2"},
+		{api.Error(codes.AlreadyExists, api.ReasonOrderMismatch, "o-1 was flash-2"), 422, "order_mismatch", api.OrderIDTaken("o-1")},
 		{api.Error(codes.Aborted, api.ReasonContention, "lost 16 times"), 503, "contention", "lost 16 times"},
 		{api.Error(codes.Unavailable, api.ReasonNoInstance, "no inventory instance"), 503, "unavailable", "no inventory instance"},
 		{status.Error(codes.Unavailable, "connection refused"), 503, "unavailable", "order service: connection refused"},

@@ -101,7 +101,14 @@ type Registration struct {
 // it) the entry is put again under a new lease, retrying with backoff. When
 // ctx ends the entry stays until its lease runs out, as if the instance had
 // died; Close removes it at once.
-func Register(ctx context.Context, cli *clientv3.Client, in Instance, ttl time.Duration) (*Registration, error) {
+//
+// The first registration is retried the same way until it succeeds or ctx
+// ends, each failed attempt passed to failed (if not nil): one attempt is
+// bounded by opTimeout, and an instance starting while its etcd starts too,
+// or answers slowly (a starved CPU, a path still learning its neighbours),
+// must wait for it rather than die. What bounds the wait is ctx, and the
+// supervisor's readiness timeout for the instance.
+func Register(ctx context.Context, cli *clientv3.Client, in Instance, ttl time.Duration, failed func(error)) (*Registration, error) {
 	if err := in.check(); err != nil {
 		return nil, err
 	}
@@ -121,10 +128,18 @@ func Register(ctx context.Context, cli *clientv3.Client, in Instance, ttl time.D
 		cancel: cancel,
 		done:   make(chan struct{}),
 	}
-	alive, err := r.put(ctx)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("register %s: %w", r.key, err)
+	var alive <-chan *clientv3.LeaseKeepAliveResponse
+	for wait := retryFirst; ; {
+		if alive, err = r.put(ctx); err == nil {
+			break
+		}
+		if failed != nil {
+			failed(fmt.Errorf("register %s: %w", r.key, err))
+		}
+		if !sleep(ctx, cli.Ctx(), &wait) {
+			cancel()
+			return nil, fmt.Errorf("register %s: %w", r.key, err)
+		}
 	}
 	go r.keep(ctx, alive)
 	return r, nil

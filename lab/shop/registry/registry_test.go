@@ -3,11 +3,10 @@ package registry_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"labctl/lab/serve"
 	"labctl/lab/shop/api"
 	"labctl/lab/shop/registry"
+	"labctl/lab/shop/registry/registrytest"
 )
 
 func TestKey(t *testing.T) {
@@ -30,7 +30,7 @@ func TestKey(t *testing.T) {
 }
 
 func TestRegisterRefusesBadInstances(t *testing.T) {
-	good := registry.Instance{Addr: "10.20.1.21:50051", Instance: "east-app1", Region: "east", Service: "order"}
+	good := registry.Instance{Addr: "10.20.1.21:5051", Instance: "east-app1", Region: "east", Service: "order"}
 	for _, c := range []struct {
 		edit func(*registry.Instance)
 		want string
@@ -43,11 +43,11 @@ func TestRegisterRefusesBadInstances(t *testing.T) {
 		in := good
 		c.edit(&in)
 		// Checked before etcd is used: no client needed.
-		if _, err := registry.Register(context.Background(), nil, in, time.Second); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := registry.Register(context.Background(), nil, in, time.Second, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: error %v, want one about the %s", in, err, c.want)
 		}
 	}
-	if _, err := registry.Register(context.Background(), nil, good, 0); err == nil {
+	if _, err := registry.Register(context.Background(), nil, good, 0, nil); err == nil {
 		t.Error("zero ttl accepted")
 	}
 	if _, err := registry.Dial(nil, "east", ""); err == nil {
@@ -60,13 +60,13 @@ func TestListAndEntries(t *testing.T) {
 	cli := startEtcd(t)
 	ctx := context.Background()
 	for _, in := range []registry.Instance{
-		{Addr: "10.20.1.22:50051", Instance: "east-app2", Region: "east", Service: "order"},
-		{Addr: "10.20.1.21:50051", Instance: "east-app1", Region: "east", Service: "order"},
-		{Addr: "10.20.1.21:50052", Instance: "east-app1", Region: "east", Service: "inventory"},
-		{Addr: "10.30.1.21:50051", Instance: "west-app1", Region: "west", Service: "order"},
-		{Addr: "10.20.1.23:50051", Instance: "east-app3", Region: "east", Service: "orders"},
+		{Addr: "10.20.1.22:5051", Instance: "east-app2", Region: "east", Service: "order"},
+		{Addr: "10.20.1.21:5051", Instance: "east-app1", Region: "east", Service: "order"},
+		{Addr: "10.20.1.21:5052", Instance: "east-app1", Region: "east", Service: "inventory"},
+		{Addr: "10.30.1.21:5051", Instance: "west-app1", Region: "west", Service: "order"},
+		{Addr: "10.20.1.23:5051", Instance: "east-app3", Region: "east", Service: "orders"},
 	} {
-		r, err := registry.Register(ctx, cli, in, 5*time.Second)
+		r, err := registry.Register(ctx, cli, in, 5*time.Second, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,14 +76,14 @@ func TestListAndEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := fmt.Sprint(got); s != "[{10.20.1.21:50051 east-app1 east order} {10.20.1.22:50051 east-app2 east order}]" {
+	if s := fmt.Sprint(got); s != "[{10.20.1.21:5051 east-app1 east order} {10.20.1.22:5051 east-app2 east order}]" {
 		t.Fatalf("List = %s", s)
 	}
 	resp, err := cli.Get(ctx, "/labctl/services/east/order/east-app1")
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("entry: %v %v", resp, err)
 	}
-	if v, want := string(resp.Kvs[0].Value), `{"addr":"10.20.1.21:50051","instance":"east-app1","region":"east","service":"order"}`; v != want {
+	if v, want := string(resp.Kvs[0].Value), `{"addr":"10.20.1.21:5051","instance":"east-app1","region":"east","service":"order"}`; v != want {
 		t.Fatalf("value %s, want %s", v, want)
 	}
 	if resp.Kvs[0].Lease == 0 {
@@ -138,13 +138,70 @@ func TestDialBalancesAndFollowsTheRegistry(t *testing.T) {
 	waitFor(t, 5*time.Second, "east-app1 back", func() bool { return redeem(t, coupon, 10)["east-app1"] > 0 })
 }
 
+// TestRegisterWaitsForEtcd: an instance that starts before its etcd
+// answers (etcd starting too, or too slow for one attempt's timeout)
+// registers once it does, saying why it waited, instead of failing.
+func TestRegisterWaitsForEtcd(t *testing.T) {
+	t.Parallel() // each test has its own etcd
+	if _, err := os.Stat(serve.EtcdBin); err != nil && os.Getenv("CI") == "" {
+		t.Skip(err)
+	}
+	client, peer := registrytest.FreePort(t), registrytest.FreePort(t)
+	cli, err := registry.Connect([]string{fmt.Sprintf("127.0.0.1:%d", client)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var failures []error
+	type result struct {
+		r   *registry.Registration
+		err error
+	}
+	done := make(chan result, 1)
+	in := registry.Instance{Addr: "127.0.0.1:1", Instance: "east-app2", Region: "east", Service: "order"}
+	go func() {
+		r, err := registry.Register(ctx, cli, in, 2*time.Second, func(err error) {
+			mu.Lock()
+			failures = append(failures, err)
+			mu.Unlock()
+		})
+		done <- result{r, err}
+	}()
+	// etcd starts only after more than one attempt's timeout.
+	time.Sleep(3 * time.Second)
+	registrytest.StartEtcdOn(t, client, peer)
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("Register with etcd starting late: %v", res.err)
+	}
+	defer res.r.Close()
+	mu.Lock()
+	n := len(failures)
+	mu.Unlock()
+	if n == 0 {
+		t.Error("Register waited for etcd without reporting one failed attempt")
+	}
+	if list := mustList(t, cli); len(list) != 1 || list[0] != in {
+		t.Errorf("List = %v, want [%v]", list, in)
+	}
+	// Its context ending stops the waiting at once.
+	dead, stop := context.WithCancel(context.Background())
+	stop()
+	if _, err := registry.Register(dead, cli, in, 2*time.Second, nil); err == nil {
+		t.Error("Register with an ended context succeeded")
+	}
+}
+
 func TestDeadInstanceExpires(t *testing.T) {
 	t.Parallel() // each test has its own etcd
 	cli := startEtcd(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	in := registry.Instance{Addr: "127.0.0.1:1", Instance: "east-app9", Region: "east", Service: "order"}
 	const ttl = time.Second
-	r, err := registry.Register(ctx, cli, in, ttl)
+	r, err := registry.Register(ctx, cli, in, ttl, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +224,7 @@ func TestRegistrationSurvivesLostLease(t *testing.T) {
 	cli := startEtcd(t)
 	ctx := context.Background()
 	in := registry.Instance{Addr: "127.0.0.1:1", Instance: "east-app1", Region: "east", Service: "order"}
-	r, err := registry.Register(ctx, cli, in, 2*time.Second)
+	r, err := registry.Register(ctx, cli, in, 2*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,85 +248,11 @@ func TestRegistrationSurvivesLostLease(t *testing.T) {
 	}
 }
 
-// startEtcd runs etcd on free ports of 127.0.0.1 for the test and returns
-// a client that reached it.
+// startEtcd runs etcd for the test and returns a client that reached it.
 func startEtcd(t *testing.T) *clientv3.Client {
 	t.Helper()
-	cli, _ := startEtcdPID(t)
+	cli, _ := registrytest.StartEtcd(t)
 	return cli
-}
-
-// startEtcdPID is startEtcd that also returns etcd's PID.
-func startEtcdPID(t *testing.T) (*clientv3.Client, int) {
-	t.Helper()
-	if _, err := os.Stat(serve.EtcdBin); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	client, peer := freePort(t), freePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	var runErr error
-	exited := make(chan struct{})
-	pids := make(chan int, 1)
-	o := serve.EtcdOptions{DataDir: filepath.Join(t.TempDir(), "etcd"), ClientPort: client, PeerPort: peer}
-	go func() {
-		defer close(exited)
-		runErr = serve.Etcd(ctx, o, slog.New(pidHandler{pids}))
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-exited
-		if runErr != nil {
-			t.Errorf("etcd: %v", runErr)
-		}
-	})
-	cli, err := registry.Connect([]string{fmt.Sprintf("127.0.0.1:%d", client)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	waitFor(t, 10*time.Second, "etcd up", func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("etcd: %v", runErr)
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		defer cancel()
-		_, err := cli.Get(ctx, "/")
-		return err == nil
-	})
-	return cli, <-pids
-}
-
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// pidHandler is a slog handler that passes on the pid of RunChild's
-// "started" record.
-type pidHandler struct{ pids chan<- int }
-
-func (pidHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h pidHandler) WithAttrs([]slog.Attr) slog.Handler     { return h }
-func (h pidHandler) WithGroup(string) slog.Handler          { return h }
-func (h pidHandler) Handle(_ context.Context, r slog.Record) error {
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "pid" && r.Message == "started" {
-			h.pids <- int(a.Value.Int64())
-		}
-		return true
-	})
-	return nil
 }
 
 // coupon answers every Redeem with its instance name.
@@ -298,7 +281,7 @@ func couponServer(t *testing.T, name string) string {
 
 func register(t *testing.T, cli *clientv3.Client, addr, name string, ttl time.Duration) *registry.Registration {
 	t.Helper()
-	r, err := registry.Register(context.Background(), cli, registry.Instance{Addr: addr, Instance: name, Region: "east", Service: "coupon"}, ttl)
+	r, err := registry.Register(context.Background(), cli, registry.Instance{Addr: addr, Instance: name, Region: "east", Service: "coupon"}, ttl, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,10 +343,10 @@ func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
 // runs again, and stay.
 func TestRegistrationSurvivesStalledEtcd(t *testing.T) {
 	t.Parallel() // each test has its own etcd
-	cli, pid := startEtcdPID(t)
+	cli, pid := registrytest.StartEtcd(t)
 	in := registry.Instance{Addr: "127.0.0.1:1", Instance: "east-app1", Region: "east", Service: "order"}
 	const ttl = time.Second
-	r, err := registry.Register(context.Background(), cli, in, ttl)
+	r, err := registry.Register(context.Background(), cli, in, ttl, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

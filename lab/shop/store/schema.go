@@ -16,13 +16,20 @@ CREATE TABLE IF NOT EXISTS products (
 	stock       bigint NOT NULL CHECK (stock >= 0),
 	version     bigint NOT NULL DEFAULT 0
 );
--- One stock deduction per order id.
+-- One stock deduction per order id. Until its order is stored it is
+-- pending: expires_at is its deadline, after which ReleaseExpired gives
+-- the stock back; storing the order sets it to NULL.
 CREATE TABLE IF NOT EXISTS reservations (
 	order_id   text PRIMARY KEY,
 	sku        text NOT NULL REFERENCES products,
 	quantity   int NOT NULL CHECK (quantity > 0),
-	created_at timestamptz NOT NULL DEFAULT now()
+	created_at timestamptz NOT NULL DEFAULT now(),
+	expires_at timestamptz
 );
+-- A cluster kept from before deadlines existed gets the column too.
+ALTER TABLE reservations ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+-- Only the pending few, so a sweep does not read every order's deduction.
+CREATE INDEX IF NOT EXISTS reservations_pending ON reservations (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS coupons (
 	code            text PRIMARY KEY,
 	discount_cents  bigint NOT NULL CHECK (discount_cents >= 0),

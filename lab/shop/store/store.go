@@ -9,7 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -85,12 +88,26 @@ var (
 	ErrCouponMinimum   = errors.New("order total below the coupon's minimum")
 	ErrNoOrder         = errors.New("no such order")
 	// ErrNoDeduction: the order has no stock deduction behind it (another
-	// attempt with the same id gave it back); ordering again deducts anew.
-	ErrNoDeduction = errors.New("no stock deduction for this order id (given back by a failed attempt): order again")
+	// attempt with the same id gave it back, or its deadline passed and
+	// ReleaseExpired did); ordering again deducts anew.
+	ErrNoDeduction = errors.New("no stock deduction for this order id (given back by a failed attempt or after its deadline): order again")
 )
 
 // DefaultMaxRetries is Open's Store.MaxRetries.
 const DefaultMaxRetries = 16
+
+// DefaultHold is Open's Store.Hold: twice the order service's bound on
+// one order, so a deduction is released only when its order can no
+// longer be stored by the call that made it.
+const DefaultHold = 10 * time.Second
+
+// sweepBatch bounds the deductions one ReleaseExpired statement gives back.
+const sweepBatch = 500
+
+// sweepLock is the advisory lock key that lets one ReleaseExpired run at
+// a time: two sweeps updating the same products in another order would
+// deadlock.
+const sweepLock = 0x73776570 // "swep"
 
 // After its n-th lost compare-and-set, Deduct pauses a random time up to
 // casPause << min(n, casPauseDoublings) (0.5 to 32 ms): the losers spread
@@ -111,13 +128,69 @@ type Store struct {
 	// MaxRetries is how many lost compare-and-sets make one Deduct give
 	// up with ErrContention (less than 1 counts as 1).
 	MaxRetries int
+	// Hold is how long a deduction waits for its order, by the database's
+	// clock: after it, ReleaseExpired gives the stock back.
+	Hold time.Duration
+}
+
+// Why a database cannot be used. Open's and Connect's errors wrap one of
+// them (test with errors.Is), with the database's address and the error
+// met.
+var (
+	// ErrUnreachable: no server answers at the address (nothing listens,
+	// no socket, a timeout) or it is starting or stopping.
+	ErrUnreachable = errors.New("unreachable")
+	// ErrNoRights: the server, or the socket's permissions, refuse the
+	// client (SQLSTATE class 28, 42501, EACCES or EPERM).
+	ErrNoRights = errors.New("no rights")
+	// ErrNoSchema: the server answers, but without the shop's database or
+	// tables.
+	ErrNoSchema = errors.New("no shop schema")
+)
+
+// classify says which of ErrUnreachable, ErrNoRights and ErrNoSchema an
+// error of the driver is, or nil for none of them.
+func classify(err error) error {
+	var pe *pgconn.PgError
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	switch {
+	case errors.As(err, &pe):
+		switch {
+		case strings.HasPrefix(pe.Code, "28"), pe.Code == "42501": // invalid authorization, insufficient privilege
+			return ErrNoRights
+		case pe.Code == "3D000": // no such database
+			return ErrNoSchema
+		case strings.HasPrefix(pe.Code, "08"), strings.HasPrefix(pe.Code, "57"): // connection exception, starting or stopping
+			return ErrUnreachable
+		}
+		return nil
+	case errors.Is(err, fs.ErrPermission): // the socket or its directory
+		return ErrNoRights
+	case errors.As(err, &ce), errors.As(err, &ne):
+		return ErrUnreachable
+	}
+	return nil
 }
 
 // Open connects to the database at dsn with at most maxConns connections
 // (0: pgxpool's default) and waits, up to 30 s, until it has the shop's
 // schema, so that a service started with its database is ready only when
-// the database is.
+// the database is: while it starts it is unreachable, then refuses the
+// role shop until its setup has made it, then lacks the tables. The error
+// after the wait says which it last was. Connect looks once.
 func Open(ctx context.Context, dsn string, maxConns int32) (*Store, error) {
+	return open(ctx, dsn, maxConns, true)
+}
+
+// Connect is Open that looks once: the database unreachable, refusing
+// rights or without the shop's schema is an error at once, for a client
+// that asks of a database that should be there.
+func Connect(ctx context.Context, dsn string, maxConns int32) (*Store, error) {
+	return open(ctx, dsn, maxConns, false)
+}
+
+func open(ctx context.Context, dsn string, maxConns int32, wait bool) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -129,36 +202,63 @@ func Open(ctx context.Context, dsn string, maxConns int32) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	s := &Store{pool: pool, MaxRetries: DefaultMaxRetries}
+	s := &Store{pool: pool, MaxRetries: DefaultMaxRetries, Hold: DefaultHold}
 	where := fmt.Sprintf("database %s at %s:%d", cfg.ConnConfig.Database, cfg.ConnConfig.Host, cfg.ConnConfig.Port)
-	if err := s.waitSchema(ctx, where); err != nil {
+	if wait {
+		err = s.waitSchema(ctx, where)
+	} else {
+		err = s.checkSchema(ctx, where)
+	}
+	if err != nil {
 		pool.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// waitSchema polls until table products exists.
+// checkSchema asks once whether table products exists.
+func (s *Store) checkSchema(ctx context.Context, where string) error {
+	var ok bool
+	err := s.pool.QueryRow(ctx, "SELECT to_regclass('products') IS NOT NULL").Scan(&ok)
+	switch {
+	case err == nil && ok:
+		return nil
+	case err == nil:
+		return fmt.Errorf("store: %s has %w: table products does not exist yet", where, ErrNoSchema)
+	}
+	switch classify(err) {
+	case ErrUnreachable:
+		return fmt.Errorf("store: %s is %w: %w", where, ErrUnreachable, err)
+	case ErrNoRights:
+		return fmt.Errorf("store: %w to %s: %w", ErrNoRights, where, err)
+	case ErrNoSchema:
+		return fmt.Errorf("store: %s has %w: %w", where, ErrNoSchema, err)
+	}
+	return fmt.Errorf("store: %s: %w", where, err)
+}
+
+// waitSchema polls until table products exists, up to schemaTimeout, and
+// says what it last found: unreachable, no rights or no schema.
 func (s *Store) waitSchema(ctx context.Context, where string) error {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, schemaTimeout)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	last := errors.New("no answer")
+	var last error
 	for {
-		var ok bool
-		err := s.pool.QueryRow(ctx, "SELECT to_regclass('products') IS NOT NULL").Scan(&ok)
+		err := s.checkSchema(ctx, where)
 		switch {
-		case err == nil && ok:
-			return nil
 		case err == nil:
-			last = errors.New("table products does not exist yet")
-		case ctx.Err() == nil:
+			return nil
+		case ctx.Err() == nil || last == nil:
+			// An answer cut short by the deadline says less than the one
+			// before it.
 			last = err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("store: %s has no shop schema (waited up to %v): %w", where, schemaTimeout, last)
+			return fmt.Errorf("%w (waited %v)", last, time.Since(start).Round(time.Millisecond))
 		case <-tick.C:
 		}
 	}
@@ -205,14 +305,15 @@ LEFT JOIN products p ON p.sku = $2
 LEFT JOIN reservations r ON r.order_id = $1`
 
 // deductCAS takes $3 of sku $2 for order $1 if the product's version is
-// still $4, and records the reservation, atomically: no row back means
-// the compare-and-set lost.
+// still $4, and records the reservation, pending for $5 microseconds,
+// atomically: no row back means the compare-and-set lost.
 const deductCAS = `WITH taken AS (
 	UPDATE products SET stock = stock - $3, version = version + 1
 	WHERE sku = $2 AND version = $4 AND stock >= $3
 	RETURNING stock, version, price_cents
 ), reserved AS (
-	INSERT INTO reservations (order_id, sku, quantity) SELECT $1, $2, $3 FROM taken
+	INSERT INTO reservations (order_id, sku, quantity, expires_at)
+	SELECT $1, $2, $3, now() + $5::bigint * interval '1 microsecond' FROM taken
 )
 SELECT stock, version, price_cents FROM taken`
 
@@ -221,7 +322,9 @@ SELECT stock, version, price_cents FROM taken`
 // (ErrOrderMismatch if it was for another sku or quantity). It reads the
 // product's stock and version, then, in one statement (its own
 // transaction), sets stock-qty only if the version is unchanged and
-// records the reservation, whose key admits one per order. A lost
+// records the reservation, whose key admits one per order; it is pending
+// until the order is stored, and ReleaseExpired gives it back if that has
+// not happened within Hold. A lost
 // compare-and-set is retried after a random pause; after MaxRetries lost
 // ones, ErrContention. Not enough stock is ErrOutOfStock, no such product
 // ErrUnknownSKU. Two round trips when uncontended.
@@ -251,7 +354,7 @@ func (s *Store) Deduct(ctx context.Context, orderID, sku string, qty int32) (Ded
 		}
 		attempts++
 		d := Deduction{Attempts: attempts}
-		err = s.pool.QueryRow(ctx, deductCAS, orderID, sku, qty, *version).Scan(&d.StockLeft, &d.Version, &d.PriceCents)
+		err = s.pool.QueryRow(ctx, deductCAS, orderID, sku, qty, *version, s.Hold.Microseconds()).Scan(&d.StockLeft, &d.Version, &d.PriceCents)
 		switch {
 		case err == nil:
 			return d, nil
@@ -293,6 +396,67 @@ func (s *Store) Release(ctx context.Context, orderID string) (bool, error) {
 		return false, fmt.Errorf("release order %s: %w", orderID, err)
 	}
 	return tag.RowsAffected() > 0, nil
+}
+
+// releaseExpired gives back at most $1 pending reservations whose
+// deadline has passed, as one statement. FOR UPDATE SKIP LOCKED leaves out
+// the ones an order insert holds (it clears the deadline); one whose
+// insert comes after waits for this statement and then fails on the
+// foreign key. The stock goes back per product, the version moves on by
+// the reservations released; a coupon use of a released order id goes
+// back to its coupon in the same statement (an order never stored used
+// no coupon), so a retry of that id deducts and redeems anew.
+const releaseExpired = `WITH due AS (
+	SELECT order_id FROM reservations r
+	WHERE expires_at <= now() AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = r.order_id)
+	ORDER BY expires_at LIMIT $1
+	FOR UPDATE SKIP LOCKED
+), released AS (
+	DELETE FROM reservations r USING due WHERE r.order_id = due.order_id
+	RETURNING r.order_id, r.sku, r.quantity
+), uses AS (
+	DELETE FROM coupon_uses u USING released r WHERE u.order_id = r.order_id
+	RETURNING u.code
+), per_code AS (
+	SELECT code, count(*) AS n FROM uses GROUP BY code
+), coupons_back AS (
+	UPDATE coupons c SET remaining = c.remaining + p.n FROM per_code p WHERE c.code = p.code
+), per_sku AS (
+	SELECT sku, sum(quantity) AS quantity, count(*) AS n FROM released GROUP BY sku
+), given AS (
+	UPDATE products p SET stock = p.stock + s.quantity, version = p.version + s.n
+	FROM per_sku s WHERE p.sku = s.sku
+)
+SELECT coalesce(sum(n), 0)::bigint FROM per_sku`
+
+// ReleaseExpired gives back the stock of every deduction whose order was
+// not stored before its deadline (Hold after it was made): the process
+// that made it died, or lost the database or its caller, before storing
+// it. It returns how many it released. An order insert racing it either
+// wins (its deduction stays) or fails with ErrNoDeduction; a deduction
+// is never given back twice. While another ReleaseExpired runs it does
+// nothing and returns 0, so every instance of the shop can call it.
+func (s *Store) ReleaseExpired(ctx context.Context) (int64, error) {
+	// One transaction per batch: each batch's product rows are locked
+	// only while it runs, and what a sweep cut short by ctx committed
+	// stays given back.
+	var total int64
+	for {
+		var n int64
+		mine := false
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", sweepLock).Scan(&mine); err != nil || !mine {
+				return err
+			}
+			return tx.QueryRow(ctx, releaseExpired, sweepBatch).Scan(&n)
+		})
+		if err != nil {
+			return total, fmt.Errorf("release expired deductions: %w", err)
+		}
+		if total += n; !mine || n < sweepBatch {
+			return total, nil
+		}
+	}
 }
 
 // redeemRead reads, in one snapshot, the coupon and the order's use of a
@@ -366,13 +530,24 @@ func scanOrder(row pgx.Row) (Order, error) {
 	return o, err
 }
 
+// insertOrder stores an order and, in the same statement, ends its
+// reservation's deadline; the foreign key fails it if the reservation is
+// gone (released), waiting first for a release that holds it.
+const insertOrder = `WITH stored AS (
+	INSERT INTO orders (` + orderColumns + `)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now())
+	ON CONFLICT (id) DO NOTHING RETURNING id, created_at
+), kept AS (
+	UPDATE reservations r SET expires_at = NULL FROM stored WHERE r.order_id = stored.id
+)
+SELECT created_at FROM stored`
+
 // InsertOrder stores o (its Created is the database's clock) unless an
 // order with its id exists. It returns the stored order and whether this
-// call stored it.
+// call stored it. ErrNoDeduction means o's deduction was given back (by
+// Release or, past its deadline, ReleaseExpired): nothing was stored.
 func (s *Store) InsertOrder(ctx context.Context, o Order) (Order, bool, error) {
-	err := s.pool.QueryRow(ctx, `INSERT INTO orders (`+orderColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now())
-		ON CONFLICT (id) DO NOTHING RETURNING created_at`,
+	err := s.pool.QueryRow(ctx, insertOrder,
 		o.ID, o.User, o.SKU, o.Quantity, o.PriceCents, o.DiscountCents, o.TotalCents, o.Coupon,
 		o.Region, o.Controller, o.OrderInstance, o.InventoryInstance, o.ClientAddr, o.StockLeft, o.CASAttempts,
 	).Scan(&o.Created)

@@ -102,11 +102,14 @@ func (s *order) Create(ctx context.Context, req *api.CreateOrderRequest) (*api.O
 		CASAttempts:       d.GetAttempts(),
 	})
 	if errors.Is(err, store.ErrNoDeduction) {
+		// Released past its deadline (or by another attempt): nothing is
+		// stored, and a retry deducts anew.
 		return nil, api.Error(codes.Aborted, api.ReasonContention, err.Error())
 	}
 	if err != nil {
-		// The deduction and the coupon stay recorded for the order id:
-		// a retry replays them and stores the order.
+		// The deduction and the coupon stay recorded for the order id: a
+		// retry replays them and stores the order. Without one, the
+		// sweepers give the stock back after the deduction's deadline.
 		return nil, s.fail("insert order "+id, err)
 	}
 	if !created { // a concurrent duplicate stored it first
@@ -152,9 +155,7 @@ func replay(o store.Order, req *api.CreateOrderRequest) (*api.OrderReply, error)
 	seen := req.GetPriceCents()
 	if o.User != req.GetUser() || o.SKU != req.GetSku() || o.Quantity != req.GetQuantity() ||
 		o.Coupon != req.GetCoupon() || seen != 0 && seen != o.PriceCents {
-		return nil, api.Error(codes.AlreadyExists, api.ReasonOrderMismatch,
-			fmt.Sprintf("order %s exists with other contents (user %s, sku %s, quantity %d, coupon %q, price %d cents)",
-				o.ID, o.User, o.SKU, o.Quantity, o.Coupon, o.PriceCents))
+		return nil, api.Error(codes.AlreadyExists, api.ReasonOrderMismatch, api.OrderIDTaken(o.ID))
 	}
 	return orderReply(o, true), nil
 }
@@ -177,7 +178,8 @@ func (s *order) downstream(service string, err error) error {
 
 // release gives back order id's deduction after a later step failed, even
 // if the caller has gone. A failure is logged: the stock stays taken until
-// a retry of the order releases it again or completes the order.
+// a retry of the order completes it, or the sweepers give it back after
+// the deduction's deadline (Sweep).
 func (s *order) release(ctx context.Context, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
 	defer cancel()

@@ -174,7 +174,11 @@ func newBase(service, instance string, log *slog.Logger) base {
 func (b *base) fail(op string, err error) error {
 	for _, e := range storeErrors {
 		if errors.Is(err, e.err) {
-			return api.Error(e.code, e.reason, err.Error())
+			msg := err.Error()
+			if e.err == store.ErrOrderMismatch {
+				msg = op + ": " + api.OrderIDTaken("") // not what the stored order holds
+			}
+			return api.Error(e.code, e.reason, msg)
 		}
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {

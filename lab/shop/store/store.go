@@ -264,8 +264,23 @@ func (s *Store) waitSchema(ctx context.Context, where string) error {
 	}
 }
 
-// Close closes the pool's connections.
-func (s *Store) Close() { s.pool.Close() }
+// closeTimeout bounds Close's wait for the pool.
+const closeTimeout = 200 * time.Millisecond
+
+// Close closes the pool's connections, waiting at most closeTimeout. A
+// connection closed while its query runs (a sweep or an order cut short by
+// the service's end) makes the driver dial the server once more to cancel
+// that query, for up to 15 s; when the database is going away too (the lab
+// coming down), nobody answers, and the process would outlive its stop
+// grace for nothing.
+func (s *Store) Close() {
+	done := make(chan struct{})
+	go func() { s.pool.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeTimeout):
+	}
+}
 
 const productColumns = "sku, name, price_cents, stock, version"
 

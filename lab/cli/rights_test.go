@@ -196,6 +196,12 @@ func TestRootVerbsAsAnotherUser(t *testing.T) {
 	} {
 		wantRoot(strings.Join(c.args, " ")+" with the lab up", runAs(true, c.args...), c.verb)
 	}
+	// status works for anyone: it says drift was not checked, and sees
+	// the watcher it may not fully inspect.
+	if r := runAs(true, "status"); r.code != 0 || !strings.Contains(r.out, lab+"  drift not checked") ||
+		strings.Contains(r.out, "watcher not running") || strings.Contains(r.out, "drift unknown") {
+		t.Errorf("status as nobody: exit %d\n%s%s", r.code, r.out, r.err)
+	}
 	r := runAs(true, "orders", "--lab", lab)
 	wantRoot("orders with the lab up", r, "orders")
 	t.Logf("orders as nobody: %s", r.err)

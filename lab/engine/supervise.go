@@ -203,6 +203,9 @@ func isWatcher(pid int, lab string) bool {
 		return false
 	}
 	env, err := os.ReadFile(p + "/environ")
+	if errors.Is(err, fs.ErrPermission) {
+		return true // another user's process (status run without root): its command line must do
+	}
 	return err == nil && slices.Contains(strings.Split(string(env), "\x00"), "LABCTL_LAB="+lab)
 }
 

@@ -247,6 +247,11 @@ func (o Shop) serveWith(ctx context.Context, cli *clientv3.Client, service strin
 	reg, err := registry.Register(ctx, cli, registry.Instance{Addr: adv, Instance: o.instance(), Region: o.Region, Service: service}, ttl,
 		func(err error) { log.Warn("not registered yet, retrying", "etcd", o.Etcd, "err", err) })
 	if err != nil {
+		if ctx.Err() != nil {
+			// Told to stop while registering (the entry, if put, expires
+			// with its lease): a clean end, not a failure.
+			return nil
+		}
 		return fmt.Errorf("register %s in %s: %w", service, o.Etcd, err)
 	}
 	// Deregistered as soon as it is told to stop, while in-flight calls

@@ -64,12 +64,14 @@ func (e *Engine) Supervise(ctx context.Context, lab string) error {
 	if syscall.Fstat(int(f.Fd()), &a) != nil || syscall.Stat(f.Name(), &b) != nil || a.Ino != b.Ino {
 		return nil
 	}
+	// Listening before it records itself: up returns once the record is
+	// there, and an end from then on is seen with its status.
+	mon := service.NewExitMonitor(ctx, logger.Printf)
 	start, _ := service.OSProc{}.StartTime(os.Getpid())
 	if err := writeJSON(filepath.Join(state.Dir(lab), watcherFile), WatcherInfo{PID: os.Getpid(), Start: start, Started: time.Now().UTC()}); err != nil {
 		return err
 	}
 	logger.Printf("watching lab %s (pid %d)", lab, os.Getpid())
-	mon := service.NewExitMonitor(ctx, logger.Printf)
 	w := &service.Watcher{
 		Sup: e.Supervisor(lab),
 		Load: func() (*topology.Topology, error) {

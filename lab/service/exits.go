@@ -27,36 +27,46 @@ type ExitMonitor struct {
 // recentExits bounds the untracked ends kept.
 const recentExits = 4096
 
-// NewExitMonitor listens until ctx ends. Without the connector (no
-// CAP_NET_ADMIN, an old kernel) it reports nothing and ends are found by
-// polling alone, their status unknown.
+// NewExitMonitor listens until ctx ends; it returns once it listens, so
+// every process that ends after it returns is seen. Without the connector
+// (no CAP_NET_ADMIN, an old kernel) it reports nothing and ends are found
+// by polling alone, their status unknown.
 func NewExitMonitor(ctx context.Context, logf func(string, ...any)) *ExitMonitor {
 	m := &ExitMonitor{track: map[int]bool{}, exits: map[int]syscall.WaitStatus{}, recent: map[int]exitSeen{}, wake: make(chan struct{}, 1)}
-	go m.run(ctx, logf)
+	if sub, err := subscribe(); err != nil {
+		logf("process events unavailable (%v): exit statuses are not seen", err)
+	} else {
+		go m.run(ctx, logf, sub)
+	}
 	return m
 }
 
-func (m *ExitMonitor) run(ctx context.Context, logf func(string, ...any)) {
-	for ctx.Err() == nil {
-		ch := make(chan netlink.ProcEvent, 1024)
-		errs := make(chan error, 1)
-		done := make(chan struct{})
-		if err := netlink.ProcEventMonitor(ch, done, errs); err != nil {
-			logf("process events unavailable (%v): exit statuses are not seen", err)
-			return
-		}
+// subscription is one listening of the proc connector.
+type subscription struct {
+	ch   chan netlink.ProcEvent
+	errs chan error
+	done chan struct{}
+}
+
+func subscribe() (subscription, error) {
+	s := subscription{make(chan netlink.ProcEvent, 1024), make(chan error, 1), make(chan struct{})}
+	return s, netlink.ProcEventMonitor(s.ch, s.done, s.errs)
+}
+
+func (m *ExitMonitor) run(ctx context.Context, logf func(string, ...any), sub subscription) {
+	for {
 	read:
 		for {
 			select {
 			case <-ctx.Done():
-				close(done)
+				close(sub.done)
 				return
-			case err := <-errs:
+			case err := <-sub.errs:
 				// Usually ENOBUFS: events came faster than they were read.
 				// Those lost count as failures; listen again.
 				logf("process events: %v; listening again", err)
 				break read
-			case ev, ok := <-ch:
+			case ev, ok := <-sub.ch:
 				if !ok {
 					break read
 				}
@@ -65,8 +75,16 @@ func (m *ExitMonitor) run(ctx context.Context, logf func(string, ...any)) {
 				}
 			}
 		}
-		close(done)
+		close(sub.done)
 		time.Sleep(100 * time.Millisecond)
+		if ctx.Err() != nil {
+			return
+		}
+		var err error
+		if sub, err = subscribe(); err != nil {
+			logf("process events unavailable (%v): exit statuses are not seen", err)
+			return
+		}
 	}
 }
 

@@ -72,8 +72,8 @@ labctl exec NODE -- dig NAME`,
 				qtype = t
 			}
 			name := args[1]
-			if _, ok := mdns.IsDomainName(name); !ok || len(mdns.Fqdn(name)) > 254 {
-				return fmt.Errorf("%q is not a domain name", name)
+			if err := dns.CheckName(name); err != nil {
+				return fmt.Errorf("%s is not a domain name: %w", dns.QuoteName(name), err)
 			}
 			if err := requireRoot("dig", "it enters the lab's namespaces"); err != nil {
 				return err

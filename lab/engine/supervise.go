@@ -25,7 +25,8 @@ import (
 // in the root namespace (it only watches and starts processes; it adds no
 // address or route). It holds watcherLock for as long as it runs, which is
 // how up knows one runs, and records its PID in watcherFile, which is how
-// down ends it.
+// status reports it; down finds it, and any whose record was lost, by its
+// command line in /proc.
 const (
 	watcherLock = "supervise.lock"
 	watcherFile = "supervise.json"
@@ -68,7 +69,7 @@ func (e *Engine) Supervise(ctx context.Context, lab string) error {
 	// there, and an end from then on is seen with its status.
 	mon := service.NewExitMonitor(ctx, logger.Printf)
 	start, _ := service.OSProc{}.StartTime(os.Getpid())
-	if err := writeJSON(filepath.Join(state.Dir(lab), watcherFile), WatcherInfo{PID: os.Getpid(), Start: start, Started: time.Now().UTC()}); err != nil {
+	if err := state.WriteJSON(filepath.Join(state.Dir(lab), watcherFile), WatcherInfo{PID: os.Getpid(), Start: start, Started: time.Now().UTC()}); err != nil {
 		return err
 	}
 	logger.Printf("watching lab %s (pid %d)", lab, os.Getpid())
@@ -234,35 +235,9 @@ func stopWatcher(lab string) error {
 		if err != nil {
 			continue // gone already
 		}
-		if err := stopPID(pid, start); err != nil {
-			errs = append(errs, err)
+		if err := service.Terminate(service.OSProc{}, pid, start, 2*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("stop the service watcher (pid %d): %w", pid, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func stopPID(pid int, start uint64) error {
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("stop the service watcher (pid %d): %w", pid, err)
-		}
-		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-			if !(service.OSProc{}).Alive(pid, start) {
-				return nil
-			}
-		}
-	}
-	return fmt.Errorf("the service watcher (pid %d) survived SIGKILL", pid)
-}
-
-func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

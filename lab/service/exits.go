@@ -92,6 +92,10 @@ func (m *ExitMonitor) ended(pid int, ws syscall.WaitStatus) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.track[pid] {
+		if _, ok := m.recent[pid]; ok { // the PID ended before: the newer end replaces it
+			m.recent[pid] = exitSeen{ws, time.Now()}
+			return
+		}
 		if len(m.order) >= recentExits {
 			delete(m.recent, m.order[0])
 			m.order = m.order[1:]

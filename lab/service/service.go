@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"labctl/lab/plan"
+	"labctl/lab/state"
 	"labctl/lab/topology"
 )
 
@@ -199,16 +200,7 @@ func (s *Supervisor) spawn(t *topology.Topology, node, name string, prev *Record
 // write replaces a record atomically: the watcher reads records while up
 // writes them.
 func (s *Supervisor) write(r Record) error {
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	p := s.recordPath(r.Node, r.Service)
-	tmp := filepath.Join(s.Dir, "."+r.Node+"."+r.Service+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	return state.WriteJSON(s.recordPath(r.Node, r.Service), r)
 }
 
 // load reads one service's record; ok is false when there is none.
@@ -328,22 +320,31 @@ func (s *Supervisor) Stop(node, name string) error {
 }
 
 func (s *Supervisor) kill(r Record) error {
-	if !s.Alive(r) {
-		return nil
-	}
-	if err := s.Proc.Signal(r.PID, syscall.SIGTERM); err != nil {
-		return err
-	}
 	grace := s.StopGrace
 	if grace == 0 {
 		grace = 2 * time.Second
 	}
-	for end := time.Now().Add(grace); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if !s.Alive(r) {
+	return Terminate(s.Proc, r.PID, r.Start, grace)
+}
+
+// Terminate ends the incarnation of pid started at start: SIGTERM, SIGKILL
+// if it still runs after grace, and it waits (as long again) until the
+// process is gone. One that is not running is no error.
+func Terminate(p Proc, pid int, start uint64, grace time.Duration) error {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		if !p.Alive(pid, start) {
 			return nil
 		}
+		if err := p.Signal(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return err
+		}
+		for end := time.Now().Add(grace); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			if !p.Alive(pid, start) {
+				return nil
+			}
+		}
 	}
-	return s.Proc.Signal(r.PID, syscall.SIGKILL)
+	return fmt.Errorf("pid %d survived SIGKILL", pid)
 }
 
 // logTail returns the last lines of a log for an error message.

@@ -99,8 +99,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 				}
 				pids = append(pids, r.PID)
 				svc := serviceOf(t, r.Node, r.Service)
-				if svc == nil || w.Sup.Alive(r) {
-					continue // a service t no longer has is up's to stop
+				if svc == nil || !dead[r.Key()] {
+					continue // alive; or a service t no longer has, up's to stop
 				}
 				k := fmt.Sprintf("%s@%d", r.Key(), r.PID)
 				seen[k] = true

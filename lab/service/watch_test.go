@@ -143,8 +143,8 @@ func TestWatcherRestartsAKilledService(t *testing.T) {
 	}
 	first := r.record("a/web")
 	r.run()
-	killed := r.end("a/web", sigkill)
 	killedAt := time.Now()
+	killed := r.end("a/web", sigkill)
 	r.waitFor("a/web restarted and ready", func() bool {
 		rec := r.record("a/web")
 		r.f.mu.Lock()
@@ -395,7 +395,8 @@ func TestWatcherRestartOrder(t *testing.T) {
 	behave["a/aaa"].never = true
 	r.f.mu.Unlock()
 	r.run()
-	for _, k := range []string{"a/aaa", "a/app", "a/db"} {
+	// db first: once app is seen dead, so is db.
+	for _, k := range []string{"a/db", "a/app", "a/aaa"} {
 		r.end(k, sigkill)
 	}
 	r.waitFor("a/app and a/db restarted while a/aaa is not ready", func() bool {

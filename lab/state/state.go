@@ -87,27 +87,39 @@ func Save(l *Lab) error {
 		l.Created = l.Updated
 	}
 	sort.Strings(l.Namespaces)
-	b, err := json.MarshalIndent(l, "", "  ")
+	return WriteJSON(filepath.Join(Dir(l.Name), "lab.json"), l)
+}
+
+// WriteJSON replaces the file at path with v as indented JSON, atomically:
+// written to a temporary file beside it (".NAME.*.tmp", never NAME.json,
+// so a reader of *.json never sees it), synced, renamed over it. A reader
+// sees the old contents or the new, never a part, also after a crash.
+func WriteJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(Dir(l.Name), ".lab.json.tmp")
-	f, err := os.Create(tmp)
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o644) // CreateTemp's 0600 would hide the lab from users without root
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := f.Close(); err != nil {
-		return err
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return os.Rename(tmp, filepath.Join(Dir(l.Name), "lab.json"))
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // List returns the labs that have state, sorted.

@@ -8,7 +8,6 @@ import (
 	"syscall"
 
 	"github.com/goccy/go-yaml/ast"
-	"github.com/goccy/go-yaml/lexer"
 	"github.com/goccy/go-yaml/token"
 )
 
@@ -168,7 +167,7 @@ func ParseContext(ctx context.Context, data []byte, file string, lim Limits) (*T
 // before the parser sees them: go-yaml v1.19's parser needs memory in
 // proportion to the nesting (1.3 GB for 20 000 levels) and time in the
 // square of a block mapping's size (112 s for 200 000 nodes).
-func precheck(data []byte, file string, lim Limits) *Problem {
+func precheck(tokens token.Tokens, file string, lim Limits) *Problem {
 	type coll struct {
 		col     int
 		seq     bool
@@ -314,9 +313,7 @@ func precheck(data []byte, file string, lim Limits) *Problem {
 		prev = tk
 		return nil
 	}
-	// The tokens of a 4 MiB file take ~300 MB and 0.4 s, bounded by the
-	// size limit; the parser's AST would take far more.
-	for _, tk := range lexer.Tokenize(string(data)) {
+	for _, tk := range tokens {
 		if p := visit(tk); p != nil {
 			return p
 		}

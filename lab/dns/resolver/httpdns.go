@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -81,8 +79,8 @@ func (h *HTTPDNS) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing name"})
 		return
 	}
-	if err := checkName(name); err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid name " + quoteName(name) + ": " + err.Error()})
+	if err := dns.CheckName(name); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid name " + dns.QuoteName(name) + ": " + err.Error()})
 		return
 	}
 	tname := strings.ToUpper(q.Get("type"))
@@ -147,106 +145,6 @@ func (h *HTTPDNS) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out.Error = "resolution failed: " + out.Rcode
 	}
 	writeJSON(w, status, out)
-}
-
-// Limits on a name to resolve (RFC 1035 section 2.3.4), in octets: one
-// label, and the whole name in presentation format without its final dot.
-const (
-	maxLabel = 63
-	maxName  = 253
-)
-
-// checkName says what is wrong with a name in presentation format: a NUL
-// or another control byte (raw, or escaped as \DDD), a malformed escape,
-// an empty label, a label over 63 octets (escapes decoded), or more than
-// 253 octets in all. The root, ".", is a name.
-func checkName(name string) error {
-	for i := 0; i < len(name); i++ {
-		if err := controlByte(name[i], fmt.Sprintf("at offset %d", i)); err != nil {
-			return err
-		}
-	}
-	if name == "." {
-		return nil
-	}
-	size := len(name)
-	label, octets := 1, 0 // the label being read and its octets so far
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case c == '.':
-			if err := checkLabel(label, octets); err != nil {
-				return err
-			}
-			if i == len(name)-1 { // the final dot of a fully qualified name
-				size--
-				octets = -1
-				continue
-			}
-			label, octets = label+1, 0
-			continue
-		case c == '\\' && i == len(name)-1:
-			return errors.New("the name ends in a lone backslash")
-		case c == '\\' && isDigit(name[i+1]):
-			if i+3 >= len(name) || !isDigit(name[i+2]) || !isDigit(name[i+3]) {
-				return fmt.Errorf(`malformed escape at offset %d: a backslash and a digit start \DDD, three digits`, i)
-			}
-			esc := name[i+1 : i+4]
-			v := int(esc[0]-'0')*100 + int(esc[1]-'0')*10 + int(esc[2]-'0')
-			if v > 255 {
-				return fmt.Errorf(`malformed escape \%s at offset %d: more than 255`, esc, i)
-			}
-			if err := controlByte(byte(v), fmt.Sprintf(`escaped as \%s at offset %d`, esc, i)); err != nil {
-				return err
-			}
-			i += 3
-		case c == '\\':
-			i++ // \X is X itself, a dot included
-		}
-		octets++
-	}
-	if octets >= 0 { // not fully qualified: the last label ends here
-		if err := checkLabel(label, octets); err != nil {
-			return err
-		}
-	}
-	if size > maxName {
-		return fmt.Errorf("the name is %d octets long, more than %d", size, maxName)
-	}
-	return nil
-}
-
-// checkLabel checks the length of label number n.
-func checkLabel(n, octets int) error {
-	switch {
-	case octets == 0:
-		return fmt.Errorf("label %d is empty", n)
-	case octets > maxLabel:
-		return fmt.Errorf("label %d is %d octets long, more than %d", n, octets, maxLabel)
-	}
-	return nil
-}
-
-// controlByte refuses a NUL or another ASCII control byte (DEL included).
-func controlByte(c byte, where string) error {
-	switch {
-	case c == 0:
-		return fmt.Errorf("the name holds a NUL byte (%s)", where)
-	case c < 0x20 || c == 0x7f:
-		return fmt.Errorf("the name holds the control byte 0x%02x (%s)", c, where)
-	}
-	return nil
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-// quoteName is name quoted for an error message, its control bytes
-// escaped and cut after 80 bytes.
-func quoteName(name string) string {
-	const show = 80
-	if len(name) > show {
-		return strconv.QuoteToASCII(name[:show]) + fmt.Sprintf("… (%d bytes)", len(name))
-	}
-	return strconv.QuoteToASCII(name)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -193,6 +193,12 @@ func TestHTTPDNSRejectsBadNames(t *testing.T) {
 	if got := st.Get("upstream_queries"); got != 0 {
 		t.Fatalf("bad names went upstream: %d queries", got)
 	}
+	// Escapes count as the octet they stand for: 3 labels of 50 octets,
+	// each written as 200 characters, make a name of 163 octets.
+	escaped := strings.Repeat(strings.Repeat(`\097`, 50)+".", 3) + "shop.example"
+	if code, _, raw, _ := get(t, h, "GET", "/resolve?name="+url.QueryEscape(escaped), "198.51.100.3:1"); code == http.StatusBadRequest {
+		t.Errorf("a name of 163 octets written with escapes: %d %v, want it resolved", code, raw)
+	}
 	for _, name := range []string{label63 + ".shop.example", name253, name253 + ".", "api.shop.example.", `a\.b.shop.example`} {
 		code, _, raw, _ := get(t, h, "GET", "/resolve?name="+url.QueryEscape(name), "198.51.100.3:1")
 		if code != http.StatusOK {

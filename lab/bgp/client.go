@@ -70,7 +70,7 @@ func Dial(ctx context.Context, addr string) (*Client, error) {
 	if !strings.Contains(target, "://") {
 		target = "unix://" + target
 	}
-	conn, err := grpc.DialContext(ctx, target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("bgp speaker %s: %w", addr, err)
 	}

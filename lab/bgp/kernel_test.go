@@ -4,23 +4,21 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"reflect"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 )
 
 // TestNetlinkKernel drives the netlink Kernel inside a scratch namespace
 // (never the root one): resolution, install, FIB, link events, flush.
 func TestNetlinkKernel(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	name := fmt.Sprintf("bgptest-%d", os.Getpid())
+	labtest.NeedRoot(t)
+	name := labtest.TempName("bgptest")
 	if err := netns.Create(name); err != nil {
 		t.Skipf("cannot create a namespace: %v", err)
 	}

@@ -8,7 +8,7 @@ import (
 
 	api "github.com/osrg/gobgp/v3/api"
 
-	"labctl/lab/topology"
+	"labctl/lab/internal/labtest"
 )
 
 // routerKernel is a router with two connected subnets, a static route and
@@ -179,8 +179,8 @@ func TestFlushAtStartAndExit(t *testing.T) {
 func TestRunCleansKernel(t *testing.T) {
 	k := routerKernel()
 	k.add("192.0.2.0/24", "10.0.1.7", 2, Protocol, Metric)
-	cfg := &topology.BGP{ASN: 65001, RouterID: "10.0.1.1", Networks: []string{"10.50.0.0/24"}}
-	sp := startSpeaker(t, cfg, k, "127.0.0.1", freePort(t), nil)
+	cfg := &Config{ASN: 65001, RouterID: "10.0.1.1", Networks: []string{"10.50.0.0/24"}}
+	sp := startSpeaker(t, cfg, k, "127.0.0.1", labtest.FreePort(t), nil)
 	waitFor(t, "leftover flushed", func() (bool, string) {
 		r := k.bgpRoutes()
 		return len(r) == 0, "routes " + join(r)
@@ -237,9 +237,9 @@ func TestFalloverUpdate(t *testing.T) {
 }
 
 func TestExportPolicy(t *testing.T) {
-	cfg := &topology.BGP{ASN: 65030, Export: topology.ExportOwn, Networks: []string{"10.30.0.0/24"},
+	cfg := &Config{ASN: 65030, Export: ExportOwn, Networks: []string{"10.30.0.0/24"},
 		Own: []string{"10.30.0.0/24", "10.31.0.5/24"},
-		Neighbors: []*topology.BGPNeighbor{
+		Neighbors: []*Peer{
 			{Address: "10.0.0.1", ASN: 65010},
 			{Address: "10.0.0.5", ASN: 65030, NextHopSelf: true},
 		}}
@@ -278,7 +278,7 @@ func TestExportPolicy(t *testing.T) {
 		t.Errorf("export all: policy %v", pol)
 	}
 	// Export own with only iBGP neighbors: nothing to filter.
-	cfg.Export, cfg.Neighbors = topology.ExportOwn, cfg.Neighbors[1:]
+	cfg.Export, cfg.Neighbors = ExportOwn, cfg.Neighbors[1:]
 	if _, pol, _ := exportPolicy(cfg); pol != nil {
 		t.Errorf("export own, no eBGP: policy %v", pol)
 	}

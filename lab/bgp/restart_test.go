@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"labctl/lab/topology"
+	"labctl/lab/internal/labtest"
 )
 
 // TestHelperSpeaker is not a test: TestRestartReconverges runs the test
@@ -22,7 +22,7 @@ func TestHelperSpeaker(t *testing.T) {
 	if cfgJSON == "" {
 		t.Skip("helper process only")
 	}
-	var cfg topology.BGP
+	var cfg Config
 	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestHelperSpeaker(t *testing.T) {
 }
 
 // startHelper runs a speaker in a child process; stop it with SIGTERM.
-func startHelper(t *testing.T, cfg *topology.BGP, addr string, port int) *exec.Cmd {
+func startHelper(t *testing.T, cfg *Config, addr string, port int) *exec.Cmd {
 	t.Helper()
 	b, err := json.Marshal(cfg)
 	if err != nil {
@@ -77,12 +77,12 @@ func stopHelper(t *testing.T, cmd *exec.Cmd) {
 // two sides' connection attempts can keep landing in each other's idle
 // time for a minute or more (see sessions).
 func TestRestartReconverges(t *testing.T) {
-	port := freePort(t)
+	port := labtest.FreePort(t)
 	kb := loKernel()
-	cfgA := &topology.BGP{ASN: 65001, RouterID: "127.0.0.1", Networks: []string{"10.1.0.0/24"}, Timers: fastTimers,
-		Neighbors: []*topology.BGPNeighbor{{Address: "127.0.0.2", ASN: 65002}}}
-	b := startSpeaker(t, &topology.BGP{ASN: 65002, RouterID: "127.0.0.2", Networks: []string{"10.2.0.0/24"}, Timers: fastTimers,
-		Neighbors: []*topology.BGPNeighbor{{Address: "127.0.0.1", ASN: 65001}}}, kb, "127.0.0.2", port, nil)
+	cfgA := &Config{ASN: 65001, RouterID: "127.0.0.1", Networks: []string{"10.1.0.0/24"}, Timers: fastTimers,
+		Neighbors: []*Peer{{Address: "127.0.0.2", ASN: 65002}}}
+	b := startSpeaker(t, &Config{ASN: 65002, RouterID: "127.0.0.2", Networks: []string{"10.2.0.0/24"}, Timers: fastTimers,
+		Neighbors: []*Peer{{Address: "127.0.0.1", ASN: 65001}}}, kb, "127.0.0.2", port, nil)
 	cb := b.client(t)
 	a := startHelper(t, cfgA, "127.0.0.1", port)
 	waitEstablished(t, cb, "127.0.0.1")
@@ -94,10 +94,10 @@ func TestRestartReconverges(t *testing.T) {
 		time.Sleep(time.Duration(i) * 700 * time.Millisecond)
 		start := time.Now()
 		a = startHelper(t, cfgA, "127.0.0.1", port)
-		waitWithin(t, 10*time.Second, "session back after a restart", func() (bool, string) {
+		labtest.WaitState(t, 10*time.Second, func() (bool, string) {
 			st := neighborState(t, cb, "127.0.0.1")
 			return st == "established", st
-		})
+		}, "session back after a restart")
 		waitRoutes(t, kb, "A's network back", "10.1.0.0/24 via 127.0.0.1 dev 1")
 		t.Logf("restart %d: session and route back %s after A started", i, time.Since(start).Round(10*time.Millisecond))
 	}

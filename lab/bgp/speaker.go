@@ -47,11 +47,11 @@ type options struct {
 // At start it deletes every proto-bgp route (a crashed speaker's
 // leftovers); at exit it closes its sessions and deletes the routes it
 // installed.
-func Run(ctx context.Context, cfg *topology.BGP, k Kernel, log *slog.Logger) error {
+func Run(ctx context.Context, cfg *Config, k Kernel, log *slog.Logger) error {
 	return run(ctx, cfg, k, log, options{})
 }
 
-func run(ctx context.Context, cfg *topology.BGP, k Kernel, log *slog.Logger, o options) (err error) {
+func run(ctx context.Context, cfg *Config, k Kernel, log *slog.Logger, o options) (err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -216,7 +216,7 @@ func run(ctx context.Context, cfg *topology.BGP, k Kernel, log *slog.Logger, o o
 }
 
 // check validates cfg and returns its neighbor addresses.
-func check(cfg *topology.BGP) ([]netip.Addr, error) {
+func check(cfg *Config) ([]netip.Addr, error) {
 	if cfg == nil {
 		return nil, errors.New("bgp: no configuration")
 	}
@@ -224,9 +224,9 @@ func check(cfg *topology.BGP) ([]netip.Addr, error) {
 		return nil, errors.New("bgp: asn is 0")
 	}
 	switch cfg.Export {
-	case "", topology.ExportAll, topology.ExportOwn:
+	case "", ExportAll, ExportOwn:
 	default:
-		return nil, fmt.Errorf("bgp: export %q: want %s or %s", cfg.Export, topology.ExportAll, topology.ExportOwn)
+		return nil, fmt.Errorf("bgp: export %q: want %s or %s", cfg.Export, ExportAll, ExportOwn)
 	}
 	var out []netip.Addr
 	for _, n := range cfg.Neighbors {
@@ -271,10 +271,10 @@ func seconds(d topology.Duration, def uint64) uint64 {
 	return def
 }
 
-func peerConf(cfg *topology.BGP, routerID string, n *topology.BGPNeighbor, o options) *api.Peer {
+func peerConf(cfg *Config, routerID string, n *Peer, o options) *api.Peer {
 	t := cfg.Timers
 	if t == nil {
-		t = &topology.BGPTimers{}
+		t = &Timers{}
 	}
 	local := o.address
 	if local == "" {
@@ -283,9 +283,9 @@ func peerConf(cfg *topology.BGP, routerID string, n *topology.BGPNeighbor, o opt
 	p := &api.Peer{
 		Conf: &api.PeerConf{NeighborAddress: n.Address, PeerAsn: n.ASN, LocalAsn: cfg.ASN},
 		Timers: &api.Timers{Config: &api.TimersConfig{
-			ConnectRetry:      seconds(t.ConnectRetry, topology.DefaultRetry),
-			HoldTime:          seconds(t.Hold, topology.DefaultHold),
-			KeepaliveInterval: seconds(t.Keepalive, topology.DefaultKeepalive),
+			ConnectRetry:      seconds(t.ConnectRetry, DefaultRetry),
+			HoldTime:          seconds(t.Hold, DefaultHold),
+			KeepaliveInterval: seconds(t.Keepalive, DefaultKeepalive),
 			// After a reset (see sessions) the session waits 1 s
 			// before connecting, not GoBGP's default 30 s.
 			IdleHoldTimeAfterReset: 1,
@@ -344,7 +344,7 @@ const (
 //
 // A neighbor set in GoBGP that is empty matches every neighbor, so a
 // statement is only added when its set has members.
-func exportPolicy(cfg *topology.BGP) ([]*api.DefinedSet, *api.Policy, error) {
+func exportPolicy(cfg *Config) ([]*api.DefinedSet, *api.Policy, error) {
 	var sets []*api.DefinedSet
 	var stmts []*api.Statement
 	var ebgp, nhs []string
@@ -356,7 +356,7 @@ func exportPolicy(cfg *topology.BGP) ([]*api.DefinedSet, *api.Policy, error) {
 			nhs = append(nhs, n.Address+"/32")
 		}
 	}
-	if cfg.Export == topology.ExportOwn && len(ebgp) > 0 {
+	if cfg.Export == ExportOwn && len(ebgp) > 0 {
 		sets = append(sets, &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: setEBGP, List: ebgp})
 		cond := &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setEBGP}}
 		seen := map[netip.Prefix]bool{}
@@ -393,7 +393,7 @@ func exportPolicy(cfg *topology.BGP) ([]*api.DefinedSet, *api.Policy, error) {
 	return sets, &api.Policy{Name: policyName, Statements: stmts}, nil
 }
 
-func setPolicy(ctx context.Context, s *server.BgpServer, cfg *topology.BGP) error {
+func setPolicy(ctx context.Context, s *server.BgpServer, cfg *Config) error {
 	sets, pol, err := exportPolicy(cfg)
 	if err != nil || pol == nil {
 		return err

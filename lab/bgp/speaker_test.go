@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/topology"
 )
 
@@ -23,22 +23,12 @@ import (
 // kernel: nothing outside the test process changes.
 
 type speaker struct {
-	cfg    *topology.BGP
+	cfg    *Config
 	k      *fakeKernel
 	cancel context.CancelFunc
 	done   chan error
 	err    error
 	ended  bool
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // loKernel is a fake kernel where 127.0.0.0/8 is connected on dev 1.
@@ -57,10 +47,10 @@ type group struct {
 }
 
 func newGroup(t *testing.T) *group {
-	return &group{t: t, port: freePort(t), gate: make(chan struct{})}
+	return &group{t: t, port: labtest.FreePort(t), gate: make(chan struct{})}
 }
 
-func (g *group) start(cfg *topology.BGP, k *fakeKernel, addr string) *speaker {
+func (g *group) start(cfg *Config, k *fakeKernel, addr string) *speaker {
 	g.t.Helper()
 	return startSpeaker(g.t, cfg, k, addr, g.port, g.gate)
 }
@@ -71,7 +61,7 @@ func (g *group) run() { close(g.gate) }
 // startSpeaker runs a speaker listening on addr:port and returns once it
 // has started (waiting at gate, if not nil). It is stopped when the test
 // ends.
-func startSpeaker(t *testing.T, cfg *topology.BGP, k *fakeKernel, addr string, port int, gate chan struct{}) *speaker {
+func startSpeaker(t *testing.T, cfg *Config, k *fakeKernel, addr string, port int, gate chan struct{}) *speaker {
 	t.Helper()
 	if cfg.API == "" {
 		dir, err := os.MkdirTemp("", "bgp")
@@ -138,22 +128,7 @@ func (sp *speaker) client(t *testing.T) *Client {
 
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	waitWithin(t, 20*time.Second, what, cond)
-}
-
-func waitWithin(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s (last: %s)", what, d, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	labtest.WaitState(t, 20*time.Second, cond, what)
 }
 
 func join(s []string) string { return "[" + strings.Join(s, "; ") + "]" }
@@ -203,7 +178,7 @@ func prefixes(ps []Path) []string {
 	return out
 }
 
-var fastTimers = &topology.BGPTimers{
+var fastTimers = &Timers{
 	ConnectRetry: topology.Duration(time.Second),
 	Hold:         topology.Duration(3 * time.Second),
 	Keepalive:    topology.Duration(time.Second),
@@ -212,10 +187,10 @@ var fastTimers = &topology.BGPTimers{
 func TestTwoSpeakersEBGP(t *testing.T) {
 	g := newGroup(t)
 	ka, kb := loKernel(), loKernel()
-	a := g.start(&topology.BGP{ASN: 65001, RouterID: "127.0.0.1", Networks: []string{"10.1.0.0/24"}, Timers: fastTimers,
-		Neighbors: []*topology.BGPNeighbor{{Address: "127.0.0.2", ASN: 65002}}}, ka, "127.0.0.1")
-	b := g.start(&topology.BGP{ASN: 65002, RouterID: "127.0.0.2", Networks: []string{"10.2.0.0/24"}, Timers: fastTimers,
-		Neighbors: []*topology.BGPNeighbor{{Address: "127.0.0.1", ASN: 65001}}}, kb, "127.0.0.2")
+	a := g.start(&Config{ASN: 65001, RouterID: "127.0.0.1", Networks: []string{"10.1.0.0/24"}, Timers: fastTimers,
+		Neighbors: []*Peer{{Address: "127.0.0.2", ASN: 65002}}}, ka, "127.0.0.1")
+	b := g.start(&Config{ASN: 65002, RouterID: "127.0.0.2", Networks: []string{"10.2.0.0/24"}, Timers: fastTimers,
+		Neighbors: []*Peer{{Address: "127.0.0.1", ASN: 65001}}}, kb, "127.0.0.2")
 	g.run()
 	ca, cb := a.client(t), b.client(t)
 	waitEstablished(t, ca, "127.0.0.2")
@@ -290,19 +265,19 @@ func TestTwoSpeakersEBGP(t *testing.T) {
 func TestExportOwnAndNextHopSelf(t *testing.T) {
 	g := newGroup(t)
 	kt1, kt2, km, ki := loKernel(), loKernel(), loKernel(), loKernel()
-	nbr := func(addr string, asn uint32) *topology.BGPNeighbor {
-		return &topology.BGPNeighbor{Address: addr, ASN: asn}
+	nbr := func(addr string, asn uint32) *Peer {
+		return &Peer{Address: addr, ASN: asn}
 	}
-	t1 := g.start(&topology.BGP{ASN: 65010, RouterID: "127.0.0.1", Networks: []string{"10.10.0.0/24"}, Timers: fastTimers,
-		Neighbors: []*topology.BGPNeighbor{nbr("127.0.0.3", 65030)}}, kt1, "127.0.0.1")
-	t2 := g.start(&topology.BGP{ASN: 65020, RouterID: "127.0.0.2", Networks: []string{"10.20.0.0/24"}, Timers: fastTimers,
-		Neighbors: []*topology.BGPNeighbor{nbr("127.0.0.3", 65030)}}, kt2, "127.0.0.2")
-	m := g.start(&topology.BGP{ASN: 65030, RouterID: "127.0.0.3", Networks: []string{"10.30.0.0/24"}, Timers: fastTimers,
-		Export: topology.ExportOwn, Own: []string{"10.30.0.0/24", "10.31.0.0/24"},
-		Neighbors: []*topology.BGPNeighbor{nbr("127.0.0.1", 65010), nbr("127.0.0.2", 65020),
+	t1 := g.start(&Config{ASN: 65010, RouterID: "127.0.0.1", Networks: []string{"10.10.0.0/24"}, Timers: fastTimers,
+		Neighbors: []*Peer{nbr("127.0.0.3", 65030)}}, kt1, "127.0.0.1")
+	t2 := g.start(&Config{ASN: 65020, RouterID: "127.0.0.2", Networks: []string{"10.20.0.0/24"}, Timers: fastTimers,
+		Neighbors: []*Peer{nbr("127.0.0.3", 65030)}}, kt2, "127.0.0.2")
+	m := g.start(&Config{ASN: 65030, RouterID: "127.0.0.3", Networks: []string{"10.30.0.0/24"}, Timers: fastTimers,
+		Export: ExportOwn, Own: []string{"10.30.0.0/24", "10.31.0.0/24"},
+		Neighbors: []*Peer{nbr("127.0.0.1", 65010), nbr("127.0.0.2", 65020),
 			{Address: "127.0.0.4", ASN: 65030, NextHopSelf: true}}}, km, "127.0.0.3")
-	i := g.start(&topology.BGP{ASN: 65030, RouterID: "127.0.0.4", Networks: []string{"10.31.0.0/24", "10.30.0.0/25"}, Timers: fastTimers,
-		Neighbors: []*topology.BGPNeighbor{nbr("127.0.0.3", 65030)}}, ki, "127.0.0.4")
+	i := g.start(&Config{ASN: 65030, RouterID: "127.0.0.4", Networks: []string{"10.31.0.0/24", "10.30.0.0/25"}, Timers: fastTimers,
+		Neighbors: []*Peer{nbr("127.0.0.3", 65030)}}, ki, "127.0.0.4")
 	g.run()
 	cm, ct2, ci := m.client(t), t2.client(t), i.client(t)
 	waitEstablished(t, cm, "127.0.0.1", "127.0.0.2", "127.0.0.4")
@@ -397,14 +372,14 @@ func TestExportOwnAndNextHopSelf(t *testing.T) {
 // link coming back brings the session back.
 func TestFastFallover(t *testing.T) {
 	g := newGroup(t)
-	slow := &topology.BGPTimers{ConnectRetry: topology.Duration(time.Second), Hold: topology.Duration(30 * time.Second), Keepalive: topology.Duration(10 * time.Second)}
+	slow := &Timers{ConnectRetry: topology.Duration(time.Second), Hold: topology.Duration(30 * time.Second), Keepalive: topology.Duration(10 * time.Second)}
 	ka, kb := loKernel(), loKernel()
 	eth := Link{Index: 1, Name: "eth0", Up: true, Addrs: []netip.Prefix{pfx("127.0.0.1/8")}}
 	ka.setLinks(eth)
-	a := g.start(&topology.BGP{ASN: 65001, RouterID: "127.0.0.1", Networks: []string{"10.1.0.0/24"}, Timers: slow,
-		Neighbors: []*topology.BGPNeighbor{{Address: "127.0.0.2", ASN: 65002}}}, ka, "127.0.0.1")
-	b := g.start(&topology.BGP{ASN: 65002, RouterID: "127.0.0.2", Networks: []string{"10.2.0.0/24"}, Timers: slow,
-		Neighbors: []*topology.BGPNeighbor{{Address: "127.0.0.1", ASN: 65001}}}, kb, "127.0.0.2")
+	a := g.start(&Config{ASN: 65001, RouterID: "127.0.0.1", Networks: []string{"10.1.0.0/24"}, Timers: slow,
+		Neighbors: []*Peer{{Address: "127.0.0.2", ASN: 65002}}}, ka, "127.0.0.1")
+	b := g.start(&Config{ASN: 65002, RouterID: "127.0.0.2", Networks: []string{"10.2.0.0/24"}, Timers: slow,
+		Neighbors: []*Peer{{Address: "127.0.0.1", ASN: 65001}}}, kb, "127.0.0.2")
 	g.run()
 	ca := a.client(t)
 	_ = b
@@ -414,10 +389,10 @@ func TestFastFallover(t *testing.T) {
 	down := time.Now()
 	eth.Up = false
 	ka.setLinks(eth)
-	waitWithin(t, 3*time.Second, "session down after link down", func() (bool, string) {
+	labtest.WaitState(t, 3*time.Second, func() (bool, string) {
 		st := neighborState(t, ca, "127.0.0.2")
 		return st != "established" && len(ka.bgpRoutes()) == 0, st + " " + join(ka.bgpRoutes())
-	})
+	}, "session down after link down")
 	t.Logf("session down and route withdrawn %s after the link (hold time 30s)", time.Since(down).Round(time.Millisecond))
 	// It stays down while the link is down.
 	if st := neighborState(t, ca, "127.0.0.2"); st == "established" {

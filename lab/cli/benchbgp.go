@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"labctl/lab/bgp"
 	"labctl/lab/engine"
 	"labctl/lab/links"
+	"labctl/lab/nat"
 	"labctl/lab/state"
 	"labctl/lab/topology"
 )
@@ -67,7 +67,7 @@ the cloud) and watch c2's route to 203.0.113.0/24.`,
 			if err != nil {
 				return fmt.Errorf("--cut: %w", err)
 			}
-			if n := t.Nodes[watch]; n == nil || n.BGP == nil {
+			if n := t.Nodes[watch]; n == nil || bgp.Of(n) == nil {
 				return fmt.Errorf("--watch %s: no BGP router of that name in %s", watch, file)
 			}
 			if _, err := state.Load(t.Name); err == nil {
@@ -117,7 +117,7 @@ func benchBGPRun(ctx context.Context, e *engine.Engine, t *topology.Topology, cu
 		return res, err
 	}
 	res.Up = time.Since(t0)
-	sp, took, err := e.WaitBGP(ctx, t.Name, time.Minute)
+	sp, took, err := bgp.Wait(ctx, t.Name, time.Minute)
 	if err != nil {
 		return res, err
 	}
@@ -173,12 +173,8 @@ func benchBGPRun(ctx context.Context, e *engine.Engine, t *topology.Topology, cu
 	// The same link failing silently: it stays up and drops everything,
 	// so nothing but the hold timer notices.
 	for _, ep := range cut {
-		for _, rule := range [][]string{{"INPUT", "-i"}, {"OUTPUT", "-o"}, {"FORWARD", "-i"}, {"FORWARD", "-o"}} {
-			out, err := exec.Command("ip", "netns", "exec", topology.Namespace(t.Name, ep.Node),
-				"iptables", "-I", rule[0], rule[1], ep.Iface, "-j", "DROP").CombinedOutput()
-			if err != nil {
-				return res, fmt.Errorf("iptables in %s: %v: %s", ep.Node, err, out)
-			}
+		if err := nat.DropAll(topology.Namespace(t.Name, ep.Node), ep.Iface); err != nil {
+			return res, fmt.Errorf("iptables in %s: %w", ep.Node, err)
 		}
 	}
 	if res.Silent, err = timeUntil(func(v string) bool { return v != "" && v != first }); err != nil {
@@ -189,7 +185,7 @@ func benchBGPRun(ctx context.Context, e *engine.Engine, t *topology.Topology, cu
 		return res, err
 	}
 	for _, r := range recs {
-		if r.Service == topology.BGPService {
+		if r.Service == bgp.Service {
 			res.RSSKiB = append(res.RSSKiB, rssKiB(r.PID))
 		}
 	}

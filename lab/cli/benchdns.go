@@ -13,6 +13,7 @@ import (
 	mdns "github.com/miekg/dns"
 	"github.com/spf13/cobra"
 
+	"labctl/lab/bgp"
 	"labctl/lab/dns"
 	"labctl/lab/engine"
 	"labctl/lab/netns"
@@ -160,7 +161,7 @@ func benchDNSRun(ctx context.Context, e *engine.Engine, t *topology.Topology, p 
 	if _, err := e.Up(ctx, t); err != nil {
 		return nil, err
 	}
-	if _, _, err := e.WaitBGP(ctx, t.Name, time.Minute); err != nil {
+	if _, _, err := bgp.Wait(ctx, t.Name, time.Minute); err != nil {
 		return nil, err
 	}
 	ns := func(node string) string { return topology.Namespace(t.Name, node) }

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,14 +25,17 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"labctl/lab/bgp"
 	"labctl/lab/dns"
 	"labctl/lab/engine"
 	"labctl/lab/netns"
 	"labctl/lab/pki"
+	"labctl/lab/runner"
 	"labctl/lab/shop/api"
 	"labctl/lab/shop/app"
 	"labctl/lab/shop/controller"
 	"labctl/lab/shop/loadgen"
+	shoppart "labctl/lab/shop/part"
 	"labctl/lab/shop/store"
 	"labctl/lab/shop/svc"
 	"labctl/lab/state"
@@ -153,7 +155,7 @@ taken down (timed) at the end, and its database with it.`,
 }
 
 func benchOrdersRun(ctx context.Context, e *engine.Engine, t *topology.Topology, res *OrdersBenchResult, workers int, dur time.Duration, skus int, loopback bool) error {
-	if _, _, err := e.WaitBGP(ctx, t.Name, time.Minute); err != nil {
+	if _, _, err := bgp.Wait(ctx, t.Name, time.Minute); err != nil {
 		return err
 	}
 	ns := topology.Namespace(t.Name, res.From)
@@ -276,13 +278,10 @@ func loopbackLoad(ctx context.Context, t *topology.Topology, run string, workers
 	if err != nil {
 		return loadgen.Result{}, err
 	}
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", topology.Namespace(t.Name, node), self, "bench", "orders-loopback",
-		"--db", db, "--redis", redisAddr, "--run", run, "-c", strconv.Itoa(workers), "-d", dur.String(), "--skus", strconv.Itoa(skus))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := runner.InNetns(topology.Namespace(t.Name, node)).Command(ctx, self, "bench", "orders-loopback",
+		"--db", db, "--redis", redisAddr, "--run", run, "-c", strconv.Itoa(workers), "-d", dur.String(), "--skus", strconv.Itoa(skus)).Output()
 	if err != nil {
-		return loadgen.Result{}, fmt.Errorf("%s: %v: %s", node, err, stderr.String())
+		return loadgen.Result{}, err // names the node's namespace, the command and its stderr
 	}
 	var r loadgen.Result
 	if err := json.Unmarshal(out, &r); err != nil {
@@ -291,15 +290,14 @@ func loopbackLoad(ctx context.Context, t *topology.Topology, run string, workers
 	return r, nil
 }
 
-// appNode finds the first node (by name) running the inventory service,
-// and the database and cache it uses.
+// appNode is the first app VM of the lab's shop (by node name), and the
+// database and cache its tiers use.
 func appNode(t *topology.Topology) (node, db, redis string, err error) {
-	for _, s := range labctlServices(t, "inventory") {
-		if s.Flags["db"] != "" && s.Flags["redis"] != "" {
-			return s.Node, s.Flags["db"], s.Flags["redis"], nil
-		}
+	apps := shoppart.AppNodes(t, "")
+	if len(apps) == 0 {
+		return "", "", "", fmt.Errorf("%s has no shop: block with app VMs", t.File)
 	}
-	return "", "", "", fmt.Errorf("%s runs no `labctl serve inventory --db --redis`", t.File)
+	return apps[0].Node, apps[0].DB, apps[0].Redis, nil
 }
 
 // benchLoopbackCmd is the loopback half of bench orders, run inside an app

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"labctl/lab/engine"
+	"labctl/lab/bgp"
 	"labctl/lab/state"
 	"labctl/lab/topology"
 )
@@ -56,11 +56,10 @@ marked "cut" and not waited for.`,
 			if err != nil {
 				return err
 			}
-			e := g.engine(false)
-			var sp []*engine.Speaker
+			var sp []*bgp.Speaker
 			if wait > 0 {
 				var took time.Duration
-				sp, took, err = e.WaitBGP(cmd.Context(), lab, wait)
+				sp, took, err = bgp.Wait(cmd.Context(), lab, wait)
 				if err != nil {
 					return err
 				}
@@ -69,7 +68,7 @@ marked "cut" and not waited for.`,
 				}
 			}
 			if len(args) > 0 || sp == nil {
-				if sp, err = e.BGP(cmd.Context(), lab, args[:min(len(args), 1)]); err != nil {
+				if sp, err = bgp.Status(cmd.Context(), lab, args[:min(len(args), 1)]); err != nil {
 					return err
 				}
 			}
@@ -91,7 +90,7 @@ marked "cut" and not waited for.`,
 	return c
 }
 
-func bgpSummary(out io.Writer, sp []*engine.Speaker) error {
+func bgpSummary(out io.Writer, sp []*bgp.Speaker) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "NODE\tAS\tROUTER-ID\tSESSIONS\tPREFIXES\tBEST LEARNED\tIN KERNEL\tSTATE")
 	for _, s := range sp {
@@ -117,7 +116,7 @@ func bgpSummary(out io.Writer, sp []*engine.Speaker) error {
 }
 
 // bgpNode prints one speaker; what is "" (all), neighbors, rib or fib.
-func bgpNode(out io.Writer, t *topology.Topology, s *engine.Speaker, what string) error {
+func bgpNode(out io.Writer, t *topology.Topology, s *bgp.Speaker, what string) error {
 	if s.Error != "" {
 		return fmt.Errorf("%s: %s", s.Node, s.Error)
 	}

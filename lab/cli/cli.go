@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"labctl/lab/engine"
+	"labctl/lab/parts"
 	"labctl/lab/state"
 	"labctl/lab/topology"
 	"labctl/topologies"
@@ -39,6 +40,9 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 // Main runs labctl with args and returns the process exit code.
+// The lab parts are registered before any verb reads a topology.
+func init() { parts.Register() }
+
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{out: stdout, errw: stderr}
 	root := newRoot(g)
@@ -93,7 +97,8 @@ Everything labctl does to the kernel needs root.`,
 		return nil
 	}
 	root.AddCommand(upCmd(g), downCmd(g), planCmd(g), statusCmd(g), inspectCmd(g), execCmd(g), ovsCmd(g),
-		linkCmd(g), bgpCmd(g), digCmd(g), orderCmd(g), ordersCmd(g), captureCmd(g), logsCmd(g), doctorCmd(g), genCmd(g), benchCmd(g), serveCmd(g))
+		linkCmd(g), bgpCmd(g), digCmd(g), orderCmd(g), ordersCmd(g), captureCmd(g), logsCmd(g), doctorCmd(g), genCmd(g), benchCmd(g), serveCmd(g), partsCmd(g))
+	root.AddCommand(partCommands(g)...)
 	return root
 }
 

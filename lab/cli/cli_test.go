@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/plan"
 	"labctl/lab/state"
@@ -127,12 +128,6 @@ func TestTcpdumpArgs(t *testing.T) {
 
 // --- as root: the real thing ---
 
-func needRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-}
-
 func snapshot() string {
 	var b strings.Builder
 	names, _ := netns.List()
@@ -145,7 +140,7 @@ func snapshot() string {
 }
 
 func TestMalformedUpChangesNothing(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t)
 	before := snapshot()
 	if code, _, errs := run(t, "up", "-t", badFile(t)); code != 1 || !strings.Contains(errs, ":7:21:") {
 		t.Fatalf("exit %d: %s", code, errs)
@@ -155,21 +150,13 @@ func TestMalformedUpChangesNothing(t *testing.T) {
 	}
 }
 
-func buildLabctl(t *testing.T) string {
-	bin := filepath.Join(t.TempDir(), "labctl")
-	if out, err := exec.Command("go", "build", "-o", bin, "labctl/cmd/labctl").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 func TestExecCaptureLogs(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t)
 	if _, err := exec.LookPath("tcpdump"); err != nil {
 		t.Skip("tcpdump not installed")
 	}
-	bin := buildLabctl(t)
-	lab := fmt.Sprintf("tcli%d", os.Getpid()%100000)
+	bin := labtest.BuildLabctl(t, t.TempDir())
+	lab := labtest.LabName("cli")
 	b, _ := os.ReadFile(sampleFile)
 	file := filepath.Join(t.TempDir(), "lab.yaml")
 	os.WriteFile(file, bytes.Replace(b, []byte("name: sample"), []byte("name: "+lab), 1), 0o644)

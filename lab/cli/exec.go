@@ -10,11 +10,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"labctl/lab/netns"
+	"labctl/lab/runner"
 )
 
 // execIn replaces labctl with `ip netns exec NS argv...`, so the terminal,
 // signals and exit status belong to the command itself, and the node's
-// /etc/netns files are bind-mounted just as for its services.
+// /etc/netns files are bind-mounted just as for its services. Like serve
+// ovsdb it replaces labctl (syscall.Exec) instead of starting a child
+// through lab/runner, with the runner's command line (runner.NetnsArgv).
 func execIn(ns string, argv []string) error {
 	ip, err := exec.LookPath("ip")
 	if err != nil {
@@ -23,7 +26,7 @@ func execIn(ns string, argv []string) error {
 	if !netns.Exists(ns) {
 		return fmt.Errorf("namespace %s does not exist (is the lab up? labctl status)", ns)
 	}
-	return syscall.Exec(ip, append([]string{"ip", "netns", "exec", ns}, argv...), os.Environ())
+	return syscall.Exec(ip, runner.NetnsArgv(ns, argv...), os.Environ())
 }
 
 func execCmd(g *globals) *cobra.Command {

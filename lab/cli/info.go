@@ -208,11 +208,29 @@ scripts.`,
 			if ins.Region != nil {
 				printRegion(g.out, ins.Region)
 			}
+			for _, sec := range ins.Parts {
+				printSection(g.out, sec)
+			}
 			return nil
 		},
 	}
 	c.Flags().StringVar(&lab, "lab", "", "lab name (default: the only lab up)")
 	return c
+}
+
+// printSection shows one lab part's inspect section as a table.
+func printSection(out io.Writer, s engine.Section) {
+	fmt.Fprintf(out, "\n%s\n", s.Title)
+	if s.Error != "" {
+		fmt.Fprintf(out, "  (%s)\n", s.Error)
+		return
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, strings.Join(s.Columns, "\t"))
+	for _, r := range s.Rows {
+		fmt.Fprintln(w, strings.Join(r, "\t"))
+	}
+	w.Flush()
 }
 
 // printRegion shows the VPCs with their members, then each host's switch

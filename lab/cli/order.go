@@ -10,23 +10,21 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"maps"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"labctl/lab/engine"
+	"labctl/lab/bgp"
 	"labctl/lab/pki"
+	"labctl/lab/runner"
 	"labctl/lab/serve"
 	"labctl/lab/shop/controller"
+	shoppart "labctl/lab/shop/part"
 	"labctl/lab/shop/store"
 	"labctl/lab/state"
 	"labctl/lab/topology"
@@ -167,10 +165,10 @@ func newOrderID() string {
 // with `labctl link down` are expected down: the text output says which
 // were left out.
 func waitRouting(ctx context.Context, g *globals, lab string, t *topology.Topology, wait time.Duration) error {
-	if t == nil || len(engine.Speakers(t)) == 0 {
+	if t == nil || len(bgp.Speakers(t)) == 0 {
 		return nil
 	}
-	sp, _, err := g.engine(false).WaitBGP(ctx, lab, wait)
+	sp, _, err := bgp.Wait(ctx, lab, wait)
 	if err != nil {
 		return fmt.Errorf("%w (see labctl bgp)", err)
 	}
@@ -182,7 +180,7 @@ func waitRouting(ctx context.Context, g *globals, lab string, t *topology.Topolo
 
 // cutSessionsText lists the speakers' sessions over cut links, each as
 // node→neighbor (its node).
-func cutSessionsText(t *topology.Topology, sp []*engine.Speaker) string {
+func cutSessionsText(t *topology.Topology, sp []*bgp.Speaker) string {
 	owners := t.IPv4Owners()
 	var out []string
 	for _, s := range sp {
@@ -212,16 +210,20 @@ func postOrder(ctx context.Context, ns, rootCA, url string, req *controller.Orde
 	out := filepath.Join(dir, "body")
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "curl", "-sS",
+	var stdout, stderr bytes.Buffer
+	runErr := runner.InNetns(ns).Command(ctx, "curl", "-sS",
 		"--cacert", rootCA, "--capath", dir, // the lab root and nothing else
 		"--max-time", "10",
 		"-H", "Content-Type: application/json; charset=utf-8",
 		"-H", "Idempotency-Key: "+req.OrderID,
-		"--data-binary", "@-", "-o", out, "-w", "%{json}", url)
-	cmd.Stdin = bytes.NewReader(body)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	runErr := cmd.Run()
+		"--data-binary", "@-", "-o", out, "-w", "%{json}", url).
+		SetStdin(bytes.NewReader(body)).SetStdout(&stdout).SetStderr(&stderr).Run()
+	// The messages below give curl's exit status and stderr, not its
+	// command line (the whole request).
+	var re *runner.Error
+	if errors.As(runErr, &re) {
+		runErr = re.Err
+	}
 	res := &OrderResult{URL: url, OrderID: req.OrderID, Request: req}
 	if err := json.Unmarshal(stdout.Bytes(), &res.curl); err != nil {
 		if runErr != nil {
@@ -359,91 +361,27 @@ replicated to it.`,
 	return c
 }
 
-// served is one `labctl serve VERB` service of a topology and the flags
-// it is given (--name value or --name=value; a bare --name is "true").
-type served struct {
-	Node, Service string
-	Flags         map[string]string
-}
-
-// labctlServices lists a topology's `labctl serve verb` services, by node
-// and service name.
-func labctlServices(t *topology.Topology, verb string) []served {
-	var out []served
-	if t == nil {
-		return nil
-	}
-	for _, n := range t.NodeNames() {
-		svcs := t.Nodes[n].Services
-		for _, name := range slices.Sorted(maps.Keys(svcs)) {
-			c := svcs[name].Command
-			if len(c) < 3 || c[0] != "labctl" || c[1] != "serve" || c[2] != verb {
-				continue
-			}
-			s := served{Node: n, Service: name, Flags: map[string]string{}}
-			for i := 3; i < len(c); i++ {
-				k, ok := strings.CutPrefix(c[i], "--")
-				if !ok {
-					continue
-				}
-				k, v, eq := strings.Cut(k, "=")
-				switch {
-				case eq:
-				case i+1 < len(c) && !strings.HasPrefix(c[i+1], "--"):
-					i++
-					v = c[i]
-				default:
-					v = "true"
-				}
-				s.Flags[k] = v
-			}
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// dbService is the lab's PostgreSQL primary, or its standby.
-func dbService(t *topology.Topology, standby bool) (served, error) {
-	for _, s := range labctlServices(t, "postgres") {
-		if (s.Flags["standby-of"] != "") == standby {
-			return s, nil
-		}
-	}
-	role := "primary"
-	if standby {
-		role = "standby"
-	}
-	return served{}, fmt.Errorf("the lab runs no PostgreSQL %s (a service `labctl serve postgres`)", role)
-}
-
 // DBNode finds the node running the lab's PostgreSQL primary (or standby)
-// and the service's name.
+// and the service's name, from the lab's shop block.
 func DBNode(t *topology.Topology, standby bool) (node, svc string, err error) {
-	s, err := dbService(t, standby)
-	return s.Node, s.Service, err
+	e, err := shoppart.DatabaseOf(t, standby)
+	return e.Node, e.Service, err
 }
 
 // dbDSN is how labctl reaches the lab's primary or standby: through its
 // unix socket in the lab's state directory.
 func dbDSN(lab string, t *topology.Topology, standby bool) (dsn, node string, err error) {
-	s, err := dbService(t, standby)
+	e, err := shoppart.DatabaseOf(t, standby)
 	if err != nil {
 		return "", "", err
 	}
-	port := 5432
-	if p, ok := s.Flags["port"]; ok {
-		if port, err = strconv.Atoi(p); err != nil {
-			return "", s.Node, fmt.Errorf("%s/%s: --port %q: %w", s.Node, s.Service, p, err)
-		}
-	}
-	dir := serve.PostgresSocketDir(state.DataDir(lab, s.Node, s.Service))
+	dir := serve.PostgresSocketDir(state.DataDir(lab, e.Node, e.Service))
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrPermission) {
-		return "", s.Node, fmt.Errorf("%s's database: %w to its socket directory: %w", s.Node, store.ErrNoRights, err)
+		return "", e.Node, fmt.Errorf("%s's database: %w to its socket directory: %w", e.Node, store.ErrNoRights, err)
 	} else if err != nil {
-		return "", s.Node, fmt.Errorf("%s's database is %w, not started (no socket directory): %w", s.Node, store.ErrUnreachable, err)
+		return "", e.Node, fmt.Errorf("%s's database is %w, not started (no socket directory): %w", e.Node, store.ErrUnreachable, err)
 	}
-	return serve.PostgresDSN(dir, port), s.Node, nil
+	return serve.PostgresDSN(dir, e.Port), e.Node, nil
 }
 
 // OpenDB opens the lab's primary or standby through its unix socket, at

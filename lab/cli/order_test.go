@@ -2,11 +2,12 @@ package cli
 
 import (
 	"encoding/json"
-	"maps"
 	"strings"
 	"testing"
 
-	"labctl/lab/engine"
+	"labctl/lab/bgp"
+	"labctl/lab/pki"
+	shoppart "labctl/lab/shop/part"
 	"labctl/lab/topology"
 )
 
@@ -49,7 +50,7 @@ func TestDouble11Services(t *testing.T) {
 	if err != nil || node != "east-app1" || db != "10.20.1.40:5432" || redis != "10.20.1.50:6379" {
 		t.Errorf("appNode = %s %s %s %v", node, db, redis, err)
 	}
-	if names := tp.CertNames(); len(names) == 0 || names[0] != "www.shop.example" {
+	if names := pki.Names(tp); len(names) == 0 || names[0] != "www.shop.example" {
 		t.Errorf("pki names %v", names)
 	}
 	small, err := topology.Load(sampleFile)
@@ -61,18 +62,27 @@ func TestDouble11Services(t *testing.T) {
 	}
 }
 
-// A service's flags are read in both spellings, and a bare flag is true.
-func TestLabctlServicesFlags(t *testing.T) {
-	tp := &topology.Topology{Nodes: map[string]*topology.Node{
-		"db": {Services: map[string]*topology.Service{
-			"pg":  {Command: []string{"labctl", "serve", "postgres", "--port=5433", "--standby-of", "10.0.0.1:5432", "--verbose"}},
-			"web": {Command: []string{"labctl", "serve", "http", "--listen", ":80"}},
-		}},
-	}}
-	got := labctlServices(tp, "postgres")
-	want := map[string]string{"port": "5433", "standby-of": "10.0.0.1:5432", "verbose": "true"}
-	if len(got) != 1 || got[0].Node != "db" || got[0].Service != "pg" || !maps.Equal(got[0].Flags, want) {
-		t.Errorf("labctlServices = %+v, want db/pg with %v", got, want)
+// The database's address and port, the SLBs and the app VMs of each
+// region come from the shop block, never from service commands.
+func TestDouble11ShopEndpoints(t *testing.T) {
+	tp, err := topology.Load("../../topologies/double11.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := shoppart.DatabaseOf(tp, true)
+	if err != nil || db.HostPort() != "10.20.2.40:5432" || db.Node != "east-db2" {
+		t.Errorf("standby %+v %v", db, err)
+	}
+	var slbs []string
+	for _, e := range shoppart.SLBs(tp) {
+		slbs = append(slbs, e.Node+"="+e.HostPort())
+	}
+	if got := strings.Join(slbs, ","); !strings.HasPrefix(got, "east-slb1=10.20.1.11:443,") || len(slbs) != 6 {
+		t.Errorf("SLBs %s", got)
+	}
+	apps := shoppart.AppNodes(tp, "north")
+	if len(apps) != 2 || apps[0].Node != "north-app1" || apps[0].Redis != "10.30.1.50:6379" || apps[0].DB != "10.20.1.40:5432" || apps[0].Etcd != "10.20.1.30:2379" {
+		t.Errorf("north's app VMs %+v", apps)
 	}
 }
 
@@ -83,7 +93,7 @@ func TestCutSessionsText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp := []*engine.Speaker{{Node: "border1", Cut: []string{"198.51.100.33"}}, {Node: "c1"}, {Node: "c2", Cut: []string{"198.51.100.34"}}}
+	sp := []*bgp.Speaker{{Node: "border1", Cut: []string{"198.51.100.33"}}, {Node: "c1"}, {Node: "c2", Cut: []string{"198.51.100.34"}}}
 	if got, want := cutSessionsText(tp, sp), "border1→198.51.100.33 (c2), c2→198.51.100.34 (border1)"; got != want {
 		t.Fatalf("%q, want %q", got, want)
 	}

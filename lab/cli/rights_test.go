@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/serve"
 	"labctl/lab/state"
 	"labctl/lab/topology"
@@ -43,10 +44,8 @@ nodes:
     interfaces: {eth0: {addresses: [10.9.1.10/24]}}
     routes: [{to: default, via: 10.9.1.1}]
     dns: {nameservers: [10.9.1.1]}
-    services:
-      postgres:
-        command: [labctl, serve, postgres]
-        ready: {tcp: "5432", timeout: 30s}
+shop:
+  database: {primary: db}
 links:
   - endpoints: [r1:eth0, r2:eth0]
   - endpoints: [db:eth0, r1:db]
@@ -111,7 +110,7 @@ func TestOrdersDatabaseDown(t *testing.T) {
 // behind it, where it used to wait and say "no shop schema". As root the
 // same lab answers, and a cut link's session is not waited for.
 func TestRootVerbsAsAnotherUser(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t)
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Skip("setpriv not installed")
@@ -125,10 +124,7 @@ func TestRootVerbsAsAnotherUser(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "labctl")
-	if out, err := exec.Command("go", "build", "-o", bin, "labctl/cmd/labctl").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := labtest.BuildLabctl(t, dir)
 	type result struct {
 		code     int
 		out, err string
@@ -169,7 +165,7 @@ func TestRootVerbsAsAnotherUser(t *testing.T) {
 		t.Logf("%s: %v", what, r.took.Round(time.Millisecond))
 	}
 
-	lab := fmt.Sprintf("tnr%d", os.Getpid()%100000)
+	lab := labtest.LabName("nr")
 	for _, c := range []struct {
 		verb string
 		args []string

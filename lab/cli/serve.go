@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 
 	"labctl/lab/engine"
 	"labctl/lab/serve"
+	"labctl/lab/topology"
 )
 
 // serveCmd holds labctl's own daemons. The supervisor runs them inside a
@@ -57,11 +59,15 @@ func serveCmd(g *globals) *cobra.Command {
 			// The speaker must close its sessions and remove its routes
 			// when the supervisor stops it (runDaemon).
 			return g.runDaemon(cmd, func(ctx context.Context, log *slog.Logger) error {
-				return serve.BGP(ctx, bgpConfig, log)
+				cfg, err := readConfig(bgpConfig)
+				if err != nil {
+					return err
+				}
+				return serve.BGP(ctx, cfg, log)
 			})
 		},
 	}
-	bgpc.Flags().StringVar(&bgpConfig, "config", "", "the router's bgp block as JSON (topology.BGP)")
+	bgpc.Flags().StringVar(&bgpConfig, "config", "", "file holding the router's resolved bgp block as JSON (bgp.Config; the supervisor writes it)")
 	bgpc.MarkFlagRequired("config")
 	var dnsConfig string
 	dnsc := &cobra.Command{
@@ -70,11 +76,15 @@ func serveCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.runDaemon(cmd, func(ctx context.Context, log *slog.Logger) error {
-				return serve.DNS(ctx, dnsConfig, log)
+				cfg, err := readConfig(dnsConfig)
+				if err != nil {
+					return err
+				}
+				return serve.DNS(ctx, cfg, log)
 			})
 		},
 	}
-	dnsc.Flags().StringVar(&dnsConfig, "config", "", "what the node serves as JSON (dns.Config)")
+	dnsc.Flags().StringVar(&dnsConfig, "config", "", "file holding what the node serves as JSON (dns.Config; the supervisor writes it)")
 	dnsc.MarkFlagRequired("config")
 	var superviseLab string
 	supervise := &cobra.Command{
@@ -107,4 +117,14 @@ func cmdContext(cmd *cobra.Command) context.Context {
 		return ctx
 	}
 	return context.Background()
+}
+
+// readConfig reads a daemon's configuration file (at most 16 MiB: the
+// supervisor writes it from the topology, itself bounded).
+func readConfig(path string) (string, error) {
+	b, err := topology.ReadFile(path, 16<<20)
+	if err != nil {
+		return "", fmt.Errorf("config: %w", err)
+	}
+	return string(b), nil
 }

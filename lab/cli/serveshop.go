@@ -13,6 +13,7 @@ import (
 	"labctl/lab/pki"
 	"labctl/lab/serve"
 	"labctl/lab/shop/app"
+	shoppart "labctl/lab/shop/part"
 	"labctl/lab/shop/store"
 	"labctl/lab/state"
 )
@@ -24,7 +25,7 @@ func shopServeCmds(g *globals) []*cobra.Command {
 	run := g.runDaemon
 
 	var slb serve.HAProxyOptions
-	var backends string
+	var backends, slbConfig string
 	slbc := &cobra.Command{
 		Use:   "slb",
 		Short: "Run HAProxy as a server load balancer: TLS ends here (lab certificate), mode tcp to the controllers",
@@ -37,16 +38,29 @@ func shopServeCmds(g *globals) []*cobra.Command {
 			slb.Dir = state.DataDir(lab, node, svc)
 			slb.Cert = pki.Paths(state.PKIDir(lab)).HAProxyPEM
 			slb.Backends = splitList(backends)
+			if slbConfig != "" {
+				var c shoppart.SLBConfig
+				if err := shoppart.ReadConfig(slbConfig, shoppart.VerbSLB, &c); err != nil {
+					return err
+				}
+				slb.Listen, slb.Threads, slb.Backends = c.Listen, c.Threads, nil
+				for _, b := range c.Backends {
+					slb.Backends = append(slb.Backends, b.Name+"="+b.Addr)
+				}
+			} else if len(slb.Backends) == 0 {
+				return errors.New("give --backends (or --config)")
+			}
 			slb.HealthPath, slb.ProxyV2 = "/healthz", true
 			return run(cmd, func(ctx context.Context, log *slog.Logger) error { return serve.HAProxy(ctx, slb, log) })
 		},
 	}
-	slbc.Flags().StringVar(&slb.Listen, "listen", ":443", "address HAProxy listens on (TLS)")
+	slbc.Flags().StringVar(&slb.Listen, "listen", shoppart.SLBListen, "address HAProxy listens on (TLS)")
 	slbc.Flags().StringVar(&backends, "backends", "", "controllers: comma-separated name=ip:port")
-	slbc.Flags().IntVar(&slb.Threads, "threads", 1, "HAProxy threads")
-	slbc.MarkFlagRequired("backends")
+	slbc.Flags().IntVar(&slb.Threads, "threads", shoppart.SLBThreads, "HAProxy threads")
+	slbc.Flags().StringVar(&slbConfig, "config", "", "configuration file (a shop SLBConfig as JSON; wins over the other flags)")
 
 	var etcd serve.EtcdOptions
+	var etcdConfig string
 	etcdc := &cobra.Command{
 		Use:   "etcd",
 		Short: "Run etcd, the service registry (one member, data in the lab's state directory)",
@@ -56,6 +70,13 @@ func shopServeCmds(g *globals) []*cobra.Command {
 			if err != nil {
 				return err
 			}
+			if etcdConfig != "" {
+				var c shoppart.EtcdConfig
+				if err := shoppart.ReadConfig(etcdConfig, shoppart.VerbEtcd, &c); err != nil {
+					return err
+				}
+				etcd.Listen = c.Listen
+			}
 			if etcd.Listen, err = listenIP(etcd.Listen); err != nil {
 				return err
 			}
@@ -64,8 +85,10 @@ func shopServeCmds(g *globals) []*cobra.Command {
 		},
 	}
 	etcdc.Flags().StringVar(&etcd.Listen, "listen", "", "IP for clients (default: the node's IPv4 address)")
+	etcdc.Flags().StringVar(&etcdConfig, "config", "", "configuration file (a shop EtcdConfig as JSON; wins over the other flags)")
 
 	var rds serve.RedisOptions
+	var redisConfig string
 	redisc := &cobra.Command{
 		Use:   "redis",
 		Short: "Run Redis as an AZ's product cache (no persistence)",
@@ -75,6 +98,13 @@ func shopServeCmds(g *globals) []*cobra.Command {
 			if err != nil {
 				return err
 			}
+			if redisConfig != "" {
+				var c shoppart.RedisConfig
+				if err := shoppart.ReadConfig(redisConfig, shoppart.VerbRedis, &c); err != nil {
+					return err
+				}
+				rds.Listen, rds.MaxMemory = c.Listen, c.MaxMemory
+			}
 			if rds.Listen, err = listenIP(rds.Listen); err != nil {
 				return err
 			}
@@ -83,10 +113,11 @@ func shopServeCmds(g *globals) []*cobra.Command {
 		},
 	}
 	redisc.Flags().StringVar(&rds.Listen, "listen", "", "IP to listen on (default: the node's IPv4 address)")
-	redisc.Flags().StringVar(&rds.MaxMemory, "maxmemory", "64mb", "memory limit (LRU eviction)")
+	redisc.Flags().StringVar(&rds.MaxMemory, "maxmemory", shoppart.RedisMaxMemory, "memory limit (LRU eviction)")
+	redisc.Flags().StringVar(&redisConfig, "config", "", "configuration file (a shop RedisConfig as JSON; wins over the other flags)")
 
 	var pg serve.PostgresOptions
-	var allow string
+	var allow, pgConfig string
 	var products, coupons []string
 	pgc := &cobra.Command{
 		Use:   "postgres",
@@ -100,6 +131,17 @@ func shopServeCmds(g *globals) []*cobra.Command {
 				return err
 			}
 			var cat store.Catalog
+			if pgConfig != "" {
+				var c shoppart.PostgresConfig
+				if err := shoppart.ReadConfig(pgConfig, shoppart.VerbPostgres, &c); err != nil {
+					return err
+				}
+				if cat, err = c.Catalog(); err != nil {
+					return fmt.Errorf("%s: %w", pgConfig, err)
+				}
+				pg.Listen, pg.Port, pg.StandbyOf = c.Listen, c.Port, c.StandbyOf
+				allow, products, coupons = strings.Join(c.Allow, ","), nil, nil
+			}
 			for _, s := range products {
 				p, err := store.ParseProduct(s)
 				if err != nil {
@@ -128,29 +170,40 @@ func shopServeCmds(g *globals) []*cobra.Command {
 		},
 	}
 	pgc.Flags().StringVar(&pg.Listen, "listen", "", "IP to listen on besides the socket (default: the node's IPv4 address)")
-	pgc.Flags().IntVar(&pg.Port, "port", 5432, "TCP port")
+	pgc.Flags().IntVar(&pg.Port, "port", shoppart.PortPostgres, "TCP port")
 	pgc.Flags().StringVar(&allow, "allow", "", "comma-separated CIDRs allowed to connect and replicate")
 	pgc.Flags().StringVar(&pg.StandbyOf, "standby-of", "", "run as a hot standby of this primary (host:port)")
 	pgc.Flags().StringArrayVar(&products, "product", nil, "seed a product: sku=,name=,price=,stock= (repeatable)")
 	pgc.Flags().StringArrayVar(&coupons, "coupon", nil, "seed a coupon: code=,discount=,min=,uses= (repeatable)")
+	pgc.Flags().StringVar(&pgConfig, "config", "", "configuration file (a shop PostgresConfig as JSON; wins over the other flags)")
 
 	tier := func(use, short string, port int, fn func(context.Context, app.Shop, *slog.Logger) error, needs ...string) *cobra.Command {
 		var o app.Shop
+		var config string
 		c := &cobra.Command{
 			Use:   use,
 			Short: short,
 			Args:  cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
+				if config != "" {
+					var tc shoppart.TierConfig
+					if err := shoppart.ReadConfig(config, use, &tc); err != nil {
+						return err
+					}
+					o = tc.Shop()
+				} else if err := requireFlags(cmd, needs...); err != nil {
+					return err
+				}
 				return run(cmd, func(ctx context.Context, log *slog.Logger) error { return fn(ctx, o, log) })
 			},
 		}
 		f := c.Flags()
+		f.StringVar(&config, "config", "", "configuration file (a shop TierConfig as JSON; wins over the other flags)")
 		f.StringVar(&o.Region, "region", "", "the region this instance serves (its registry prefix)")
 		f.StringVar(&o.Listen, "listen", app.ListenOn(port), "address to listen on")
 		f.StringVar(&o.Etcd, "etcd", "", "the registry (host:port)")
 		f.StringVar(&o.Instance, "instance", "", "instance name in the registry (default: the node's name)")
-		c.MarkFlagRequired("region")
-		c.MarkFlagRequired("etcd")
+		needs = append([]string{"region", "etcd"}, needs...)
 		for _, n := range needs {
 			switch n {
 			case "db":
@@ -159,7 +212,6 @@ func shopServeCmds(g *globals) []*cobra.Command {
 			case "redis":
 				f.StringVar(&o.Redis, "redis", "", "the AZ's Redis product cache (host:port)")
 			}
-			c.MarkFlagRequired(n)
 		}
 		if port != app.PortController {
 			f.StringVar(&o.Advertise, "advertise", "", "address to register (default: the node's IPv4 address and the listening port)")
@@ -173,6 +225,21 @@ func shopServeCmds(g *globals) []*cobra.Command {
 		tier("inventory", "Run the inventory service (gRPC): products via the AZ's cache, stock by compare-and-set", app.PortInventory, app.Inventory, "db", "redis"),
 		tier("coupon", "Run the coupon service (gRPC)", app.PortCoupon, app.Coupon, "db"),
 	}
+}
+
+// requireFlags is cobra's required flags, checked only when no --config
+// file gives the daemon its configuration.
+func requireFlags(cmd *cobra.Command, names ...string) error {
+	var missing []string
+	for _, n := range names {
+		if !cmd.Flags().Changed(n) {
+			missing = append(missing, `"`+n+`"`)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("required flag(s) %s not set (or give --config)", strings.Join(missing, ", "))
+	}
+	return nil
 }
 
 // inLab returns the lab, node and service a supervised daemon runs as.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"labctl/lab/internal/labtest"
 )
 
 // sampleZones is a small hierarchy: the root delegates test. (glue
@@ -160,13 +162,7 @@ func (l *logRecorder) count(msg string, kv ...string) int {
 // waitFor polls cond until it holds or a generous deadline passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	labtest.WaitEvery(t, 10*time.Second, 2*time.Millisecond, cond, what)
 }
 
 func newSampleAuthority(t testing.TB, fn *fakeNet) (*Authority, *Counters) {

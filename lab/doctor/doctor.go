@@ -4,7 +4,6 @@
 package doctor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"labctl/lab/nat"
 	"labctl/lab/netns"
 	"labctl/lab/ovs"
 
@@ -53,6 +53,7 @@ type probe struct {
 // grouped: system, kernel, binaries.
 func Run(ctx context.Context) []Check {
 	probes := append(systemProbes(), kernelProbes()...)
+	probes = append(probes, partProbes()...)
 	for _, b := range binaries {
 		probes = append(probes, b.probe())
 	}
@@ -327,31 +328,19 @@ func netemMissing(err error) string {
 	return fmt.Sprintf("no netem here (%v): links cannot be given delay and loss with tc netem", err)
 }
 
-// probeNAT lists and extends the nat table inside a throwaway namespace.
-// exec.Command from inside Temp is safe: the goroutine is locked to the
-// thread that was moved, and Go forks the child from that thread, so the
-// child starts in the temp namespace.
+// probeNAT lists and extends the nat table inside a throwaway namespace
+// (nat.Probe: lab/nat is the one package that runs iptables).
 func probeNAT(ctx context.Context, c *Check) error {
 	ipt, err := lookPath("iptables")
 	if err != nil {
 		c.Detail = "iptables not found: NAT gateways cannot be built"
 		return err
 	}
-	backend := "unknown backend"
-	if out, err := exec.CommandContext(ctx, ipt, "-V").Output(); err == nil {
-		backend = strings.TrimSpace(string(out))
+	backend, err := nat.Probe(ctx, ipt)
+	if backend == "" {
+		backend = "unknown backend"
 	}
 	legacy := strings.Contains(backend, "legacy")
-	err = netns.Temp(func() error {
-		// -w: the legacy backend takes a host-wide lock that labs may hold.
-		if out, err := exec.CommandContext(ctx, ipt, "-w", "3", "-t", "nat", "-L", "-n").CombinedOutput(); err != nil {
-			return fmt.Errorf("iptables -t nat -L: %v: %s", err, bytes.TrimSpace(out))
-		}
-		if out, err := exec.CommandContext(ctx, ipt, "-w", "3", "-t", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE").CombinedOutput(); err != nil {
-			return fmt.Errorf("iptables MASQUERADE: %v: %s", err, bytes.TrimSpace(out))
-		}
-		return nil
-	})
 	if err != nil {
 		c.Detail = backend + ": " + explain(err)
 		c.Fix = "modprobe nft_chain_nat nft_masq"

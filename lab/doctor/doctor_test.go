@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
+	"labctl/lab/runner"
 )
 
 func fakeLookPath(t *testing.T, missing ...string) {
@@ -143,13 +145,6 @@ func TestRunShape(t *testing.T) {
 	}
 }
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-}
-
 // snapshot is what must not change on the host: links and named namespaces.
 func snapshot(t *testing.T) string {
 	t.Helper()
@@ -165,7 +160,7 @@ func snapshot(t *testing.T) string {
 }
 
 func TestRunLeavesNothing(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t)
 	// Other packages' root tests may change the host meanwhile; a leak by
 	// doctor shows up on every attempt, their noise hardly ever three times.
 	var before, after string
@@ -188,10 +183,11 @@ func TestRunLeavesNothing(t *testing.T) {
 	t.Fatalf("host changed across Run:\nbefore:\n%s\nafter:\n%s", before, after)
 }
 
-// TestExecInTempNamespace backs probeNAT's assumption: a child started from
-// inside netns.Temp runs in the temp namespace, not the host's.
+// TestExecInTempNamespace backs nat.Probe's assumption: a child started
+// by the runner from inside netns.Temp runs in the temp namespace, not the
+// host's.
 func TestExecInTempNamespace(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t)
 	host, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +198,7 @@ func TestExecInTempNamespace(t *testing.T) {
 		if thread, err = os.Readlink("/proc/thread-self/ns/net"); err != nil {
 			return err
 		}
-		out, err := exec.Command("readlink", "/proc/self/ns/net").Output()
+		out, err := runner.Default.Command(context.Background(), "readlink", "/proc/self/ns/net").Output()
 		child = strings.TrimSpace(string(out))
 		return err
 	})

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"labctl/lab/bgp"
-	"labctl/lab/engine"
 	"labctl/lab/state"
 	"labctl/lab/topology"
 )
@@ -39,7 +38,7 @@ func TestCutSessions(t *testing.T) {
 			map[string][]string{"c2": {"198.51.100.34", "198.51.100.130"}, "border1": {"198.51.100.33"}, "t1": {"198.51.100.129"}}},
 		{"no session on it", [][2]string{{"ue1:eth0", "cgnat:ue"}}, map[string][]string{}},
 	} {
-		if got := engine.CutSessions(tp, c.cut); !reflect.DeepEqual(got, c.want) {
+		if got := bgp.CutSessions(tp, c.cut); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
@@ -48,7 +47,7 @@ func TestCutSessions(t *testing.T) {
 // TestConvergedIgnoresCutSessions: a session the user cut is expected
 // down and does not hold back convergence; any other session does.
 func TestConvergedIgnoresCutSessions(t *testing.T) {
-	s := &engine.Speaker{Node: "c2", Neighbors: []bgp.Neighbor{
+	s := &bgp.Speaker{Node: "c2", Neighbors: []bgp.Neighbor{
 		{Address: "100.65.0.9", State: "established"},
 		{Address: "198.51.100.34", State: "active"},
 		{Address: "198.51.100.130", State: "established"},
@@ -83,15 +82,14 @@ func TestBGPMarksCutSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No speaker runs: the sockets are in a directory of their own.
-	for _, n := range engine.Speakers(tp) {
-		tp.Nodes[n].BGP.API = "unix://" + filepath.Join(t.TempDir(), n+".sock")
+	for _, n := range bgp.Speakers(tp) {
+		bgp.Of(tp.Nodes[n]).API = "unix://" + filepath.Join(t.TempDir(), n+".sock")
 	}
 	rec := &state.Lab{Name: tp.Name, Status: "up", Topology: tp, Cut: [][2]string{{"c2:border1", "border1:c2"}}}
 	if err := state.Save(rec); err != nil {
 		t.Fatal(err)
 	}
-	e := engine.New(engine.Options{})
-	sp, err := e.BGP(context.Background(), tp.Name, nil)
+	sp, err := bgp.Status(context.Background(), tp.Name, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +105,7 @@ func TestBGPMarksCutSessions(t *testing.T) {
 	if want := map[string][]string{"c2": {"198.51.100.34"}, "border1": {"198.51.100.33"}}; !reflect.DeepEqual(cut, want) {
 		t.Fatalf("cut sessions %v, want %v", cut, want)
 	}
-	_, _, err = e.WaitBGP(context.Background(), tp.Name, 100*time.Millisecond)
+	_, _, err = bgp.Wait(context.Background(), tp.Name, 100*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "did not converge") || !strings.Contains(err.Error(), "a2: bgp speaker") || !strings.Contains(err.Error(), "5 more") {
 		t.Fatalf("WaitBGP: %v", err)
 	}

@@ -13,9 +13,11 @@ import (
 
 	mdns "github.com/miekg/dns"
 
+	"labctl/lab/bgp"
 	"labctl/lab/cli"
 	"labctl/lab/dns"
 	"labctl/lab/dns/resolver"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/topology"
 )
@@ -169,18 +171,14 @@ func question(qtype uint16, labels ...string) []byte {
 }
 
 func TestDNS(t *testing.T) {
-	needRoot(t)
-	for _, bin := range []string{"dig", "curl", "tcpdump"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed (scripts/setup.sh installs it)", bin)
-		}
-	}
+	labtest.NeedRoot(t, whyRoot)
+	labtest.RequireTool(t, "dig", "curl", "tcpdump")
 	before := rootSnapshot(t)
-	lab := labName(t, "dns")
+	lab := labtest.LabName("dns")
 	tp := labTopology(t, "internet", lab)
 	e, downed := upForTest(t, tp)
 	ctx := context.Background()
-	if _, _, err := e.WaitBGP(ctx, lab, time.Minute); err != nil {
+	if _, _, err := bgp.Wait(ctx, lab, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	who := tp.IPv4Owners()
@@ -330,7 +328,7 @@ func TestDNS(t *testing.T) {
 			}
 		}
 		linkSet("down")
-		took := waitUntil(t, 30*time.Second, "ue1 resolving to north", resolvesTo("ue1", northVIPs))
+		took := labtest.WaitFor(t, 30*time.Second, resolvesTo("ue1", northVIPs), "ue1 resolving to north")
 		t.Logf("region east down: ue1 resolved to north %s later (check every 1s, fall 2, TTL 5s)", took)
 		if a := httpdns(t, lab, "ue1", shopName); !sameAddrs(a.IPs, northVIPs) {
 			t.Errorf("HTTPDNS while east is down: %v, want north", a.IPs)
@@ -339,7 +337,7 @@ func TestDNS(t *testing.T) {
 			t.Errorf("gslb counters while east is down: up east %d, north %d", st["gslb_up_east"], st["gslb_up_north"])
 		}
 		linkSet("up")
-		took = waitUntil(t, 30*time.Second, "ue1 resolving to east again", resolvesTo("ue1", eastVIPs))
+		took = labtest.WaitFor(t, 30*time.Second, resolvesTo("ue1", eastVIPs), "ue1 resolving to east again")
 		t.Logf("region east back: ue1 resolved to east %s later", took)
 	})
 

@@ -17,11 +17,11 @@ import (
 	"sync"
 	"time"
 
+	"labctl/lab/component"
 	"labctl/lab/links"
 	"labctl/lab/nat"
 	"labctl/lab/netns"
 	"labctl/lab/ovs"
-	"labctl/lab/pki"
 	"labctl/lab/plan"
 	"labctl/lab/service"
 	"labctl/lab/state"
@@ -130,7 +130,7 @@ func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) 
 	res := &Result{Lab: t.Name, Changes: len(p.Steps), Plan: p}
 	if p.Empty() && prev != nil && prev.Status == "up" {
 		// Its names may have changed; the lab's record exists already.
-		if err := e.ensurePKI(t); err != nil {
+		if err := e.prepare(ctx, t); err != nil {
 			return res, err
 		}
 		if len(prev.Cut) > 0 { // mended by hand: up mends every cut
@@ -157,9 +157,10 @@ func (e *Engine) Up(ctx context.Context, t *topology.Topology) (*Result, error) 
 		return nil, err
 	}
 
-	// The CA comes after the record (down removes it with the state
-	// directory) and before any service that serves its certificate.
-	applyErr := e.ensurePKI(t)
+	// The parts' preparations (the lab CA) come after the record (down
+	// removes what they make with the state directory) and before any
+	// service that serves a certificate.
+	applyErr := e.prepare(ctx, t)
 	if applyErr == nil {
 		applyErr = e.apply(ctx, drv, sup, t, p)
 	}
@@ -227,7 +228,7 @@ func (e *Engine) apply(ctx context.Context, drv *links.Driver, sup *service.Supe
 			}
 			err = errors.Join(errs...)
 		default:
-			err = e.runPhase(ctx, drv, t.Name, steps, ph == plan.PhaseLinks || ph == plan.PhasePrune || ph == plan.PhaseOffloads || ph == plan.PhaseNAT)
+			err = e.runPhase(ctx, drv, t.Name, steps, ph == plan.PhaseLinks || ph == plan.PhasePrune || ph == plan.PhaseOffloads || ph == plan.PhaseNAT || ph == plan.PhaseFilters)
 		}
 		ev := Event{Lab: t.Name, Phase: ph, Status: "ok", Steps: len(steps), Elapsed: time.Since(t0)}
 		if err != nil {
@@ -285,6 +286,9 @@ func (e *Engine) runPhase(ctx context.Context, drv *links.Driver, lab string, st
 
 // applyStep hands a step to the driver of its component.
 func applyStep(ctx context.Context, drv *links.Driver, lab string, s plan.Step) error {
+	if s.Part != "" {
+		return applyPart(ctx, lab, s)
+	}
 	switch s.Op {
 	case plan.OpTxOff:
 		return links.SetTxChecksum(s.NS, s.Iface, false)
@@ -374,6 +378,9 @@ func (e *Engine) observe(ctx context.Context, drv *links.Driver, sup *service.Su
 				return fmt.Errorf("%s: %w", ns, err)
 			}
 		}
+		if err := observeParts(ctx, t.Name, n, ns, states[i]); err != nil {
+			return fmt.Errorf("%s: %w", ns, err)
+		}
 		return nil
 	})
 	for i, st := range states {
@@ -459,22 +466,19 @@ func joinSorted(errs []error) error {
 	return errors.Join(errs...)
 }
 
-// ensurePKI makes (or keeps) the lab's certificate authority and server
-// certificate in its state directory before any service needs them.
-func (e *Engine) ensurePKI(t *topology.Topology) error {
-	names := t.CertNames()
-	if len(names) == 0 {
-		return nil
+// prepare runs every part's preparation (the lab CA makes its
+// certificates) after the lab's record is written and before any service
+// needs what it makes.
+func (e *Engine) prepare(ctx context.Context, t *topology.Topology) error {
+	for _, p := range component.Implementing[PreparePart]() {
+		t0 := time.Now()
+		msg, err := p.Prepare(ctx, t)
+		if err != nil {
+			return err
+		}
+		if msg != "" {
+			e.report(Event{Lab: t.Name, Phase: p.Name(), Status: "ok", Steps: 1, Elapsed: time.Since(t0), Message: msg})
+		}
 	}
-	t0 := time.Now()
-	b, err := pki.Ensure(state.PKIDir(t.Name), t.Name, names)
-	if err != nil {
-		return fmt.Errorf("lab %s: certificates: %w", t.Name, err)
-	}
-	if !b.Changed {
-		return nil // kept as it was: nothing to report
-	}
-	e.report(Event{Lab: t.Name, Phase: "pki", Status: "ok", Steps: 1, Elapsed: time.Since(t0),
-		Message: fmt.Sprintf("lab root CA %s; server certificate for %s", b.Root, strings.Join(names, ", "))})
 	return nil
 }

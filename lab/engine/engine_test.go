@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"labctl/lab/engine"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/plan"
 	"labctl/lab/state"
@@ -30,9 +31,8 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		labctlBin = filepath.Join(dir, "labctl")
-		out, err := exec.Command("go", "build", "-o", labctlBin, "labctl/cmd/labctl").CombinedOutput()
-		if err != nil {
-			panic(fmt.Sprintf("build labctl: %v\n%s", err, out))
+		if err := labtest.BuildLabctlAt(labctlBin); err != nil {
+			panic("build labctl: " + err.Error())
 		}
 		code := m.Run()
 		os.RemoveAll(dir)
@@ -41,17 +41,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds real namespaces")
-	}
-}
-
-// labName gives each test its own lab so runs never meet.
-func labName(t *testing.T, tag string) string {
-	return fmt.Sprintf("t%s%d", tag, os.Getpid()%100000)
-}
+// whyRoot is the skip message of the tests that build real labs.
+const whyRoot = "needs root: builds real namespaces"
 
 const sampleTmpl = `name: %s
 nodes:
@@ -122,11 +113,8 @@ func rootSnapshot(t *testing.T) string {
 func leftovers(t *testing.T, lab string) []string {
 	t.Helper()
 	var out []string
-	names, _ := netns.List()
-	for _, n := range names {
-		if strings.HasPrefix(n, lab+"-") {
-			out = append(out, "netns "+n)
-		}
+	for _, n := range labtest.Namespaces(lab + "-") {
+		out = append(out, "netns "+n)
 	}
 	if _, err := os.Stat(state.Dir(lab)); err == nil {
 		out = append(out, "state "+state.Dir(lab))
@@ -166,10 +154,10 @@ func inNS(t *testing.T, ns string, argv ...string) (string, error) {
 }
 
 func TestUpConvergeDown(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t, whyRoot)
 	ctx := context.Background()
 	before := rootSnapshot(t)
-	lab := labName(t, "c")
+	lab := labtest.LabName("c")
 	e := newEngine(false)
 	t.Cleanup(func() { e.Down(ctx, lab) })
 
@@ -221,9 +209,9 @@ func TestUpConvergeDown(t *testing.T) {
 }
 
 func TestTwoLabsSideBySide(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t, whyRoot)
 	ctx := context.Background()
-	a, b := labName(t, "a"), labName(t, "b")
+	a, b := labtest.LabName("a"), labtest.LabName("b")
 	e := newEngine(false)
 	t.Cleanup(func() { e.Down(ctx, a); e.Down(ctx, b) })
 	for _, lab := range []string{a, b} {
@@ -254,9 +242,9 @@ func TestTwoLabsSideBySide(t *testing.T) {
 }
 
 func TestFailedUpRollsBack(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t, whyRoot)
 	ctx := context.Background()
-	lab := labName(t, "f")
+	lab := labtest.LabName("f")
 	bad := sample(t, lab, "10.0.2.10/24")
 	// Valid in the file, refused by the kernel: fails half way through up.
 	bad.Nodes["r1"].Sysctls = map[string]topology.Scalar{"net.ipv4.no_such_sysctl": "1"}
@@ -280,9 +268,9 @@ func TestFailedUpRollsBack(t *testing.T) {
 }
 
 func TestCollisionChangesNothing(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t, whyRoot)
 	ctx := context.Background()
-	lab := labName(t, "x")
+	lab := labtest.LabName("x")
 	foreign := topology.Namespace(lab, "r1")
 	if err := netns.Create(foreign); err != nil {
 		t.Fatal(err)
@@ -294,9 +282,8 @@ func TestCollisionChangesNothing(t *testing.T) {
 	if !errors.Is(err, engine.ErrCollision) {
 		t.Fatalf("up over a foreign namespace: %v", err)
 	}
-	names, _ := netns.List()
-	for _, n := range names {
-		if strings.HasPrefix(n, lab+"-") && n != foreign {
+	for _, n := range labtest.Namespaces(lab + "-") {
+		if n != foreign {
 			t.Fatalf("refused up still created %s", n)
 		}
 	}
@@ -310,9 +297,9 @@ func TestCollisionChangesNothing(t *testing.T) {
 }
 
 func TestDownWithoutState(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t, whyRoot)
 	ctx := context.Background()
-	lab := labName(t, "s")
+	lab := labtest.LabName("s")
 	e := newEngine(false)
 	t.Cleanup(func() { e.Down(ctx, lab) })
 	if _, err := e.Up(ctx, sample(t, lab, "10.0.2.10/24")); err != nil {
@@ -328,10 +315,10 @@ func TestDownWithoutState(t *testing.T) {
 // TestKill9DuringUp kills `labctl up` at several points and checks that
 // `labctl down` then leaves nothing of the lab.
 func TestKill9DuringUp(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t, whyRoot)
 	dir := t.TempDir()
 	before := rootSnapshot(t)
-	tp, err := topology.Generate(labName(t, "k"), "linear", 40, 0)
+	tp, err := topology.Generate(labtest.LabName("k"), "linear", 40, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

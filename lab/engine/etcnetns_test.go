@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/links"
-	"labctl/lab/netns"
 	"labctl/lab/plan"
 	"labctl/lab/state"
 	"labctl/lab/topology"
@@ -37,9 +37,9 @@ links:
 // refuses to write over it, or through a symlink, before it changes
 // anything, and leaves it as it was.
 func TestUpRefusesForeignEtcFiles(t *testing.T) {
-	needRoot(t)
+	labtest.NeedRoot(t, whyRoot)
 	ctx := context.Background()
-	lab := labName(t, "etc")
+	lab := labtest.LabName("etc")
 	tp, err := topology.Parse([]byte(fmt.Sprintf(etcTmpl, lab)), lab+".yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -68,11 +68,8 @@ func TestUpRefusesForeignEtcFiles(t *testing.T) {
 			t.Fatalf("up over %s: %v", what, err)
 		}
 		t.Logf("up over %s: %v", what, err)
-		names, _ := netns.List()
-		for _, n := range names {
-			if strings.HasPrefix(n, lab+"-") {
-				t.Fatalf("refused up left namespace %s", n)
-			}
+		for _, n := range labtest.Namespaces(lab + "-") {
+			t.Fatalf("refused up left namespace %s", n)
 		}
 		if _, err := os.Stat(state.Dir(lab)); err == nil {
 			t.Fatalf("refused up left %s", state.Dir(lab))

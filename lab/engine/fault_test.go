@@ -19,6 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"labctl/lab/bgp"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/pki"
 	"labctl/lab/serve"
@@ -49,12 +51,12 @@ const (
 const faultRelease = store.DefaultHold + svc.SweepEvery + 10*time.Second
 
 func TestOrderIntegrityUnderFaults(t *testing.T) {
-	needRoot(t)
-	lab := labName(t, "f")
+	labtest.NeedRoot(t, whyRoot)
+	lab := labtest.LabName("f")
 	tp := labTopology(t, "double11", lab)
 	e, downed := upForTest(t, tp)
 	ctx := context.Background()
-	if _, _, err := e.WaitBGP(ctx, lab, time.Minute); err != nil {
+	if _, _, err := bgp.Wait(ctx, lab, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	dbNode := "east-db1"
@@ -111,7 +113,7 @@ func TestOrderIntegrityUnderFaults(t *testing.T) {
 		res := <-done
 		t.Logf("%s: %d orders answered 201, outcomes %v", f.name, res.OK, res.Outcomes)
 		// The next fault starts on a lab that takes orders from both carriers.
-		waitUntil(t, 60*time.Second, "orders to succeed after "+f.name, func() bool { return ld.probe() })
+		labtest.WaitFor(t, 60*time.Second, func() bool { return ld.probe() }, "orders to succeed after "+f.name)
 	}
 
 	// What the database holds, once the deadline of every deduction made

@@ -140,6 +140,8 @@ type Inspection struct {
 	Status string      `json:"status"`
 	Nodes  []NodeInfo  `json:"nodes"`
 	Region *RegionInfo `json:"region,omitempty"`
+	// Parts is each lab part's own section (its counters, tables, …).
+	Parts []Section `json:"parts,omitempty"`
 }
 
 // Inspect reads a lab back from the kernel and its records.
@@ -194,5 +196,6 @@ func (e *Engine) Inspect(lab string) (*Inspection, error) {
 		ins.Nodes = append(ins.Nodes, ni)
 	}
 	ins.Region = region(context.Background(), t)
+	ins.Parts = describeParts(context.Background(), lab, t)
 	return ins, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"labctl/lab/bgp"
 	"labctl/lab/engine"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/packets"
 	"labctl/lab/topology"
 )
@@ -58,38 +59,20 @@ func fibVia(t *testing.T, lab, node, prefix string) string {
 	return ""
 }
 
-// waitUntil polls cond every 50 ms until it holds or timeout passes; it
-// returns how long that took.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func mac(t *testing.T, lab, node, iface string) string {
 	return strings.TrimSpace(mustRun(t, lab, node, "cat", "/sys/class/net/"+iface+"/address"))
 }
 
 func TestInternet(t *testing.T) {
-	needRoot(t)
-	for _, bin := range []string{"iptables", "tcpdump", "curl", "ping", "traceroute", "conntrack"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed (scripts/setup.sh installs it)", bin)
-		}
-	}
+	labtest.NeedRoot(t, whyRoot)
+	labtest.RequireTool(t, "iptables", "tcpdump", "curl", "ping", "traceroute", "conntrack")
 	before := rootSnapshot(t)
-	lab := labName(t, "inet")
+	lab := labtest.LabName("inet")
 	tp := labTopology(t, "internet", lab)
 	who := tp.IPv4Owners()
 	e, downed := upForTest(t, tp)
 	ctx := context.Background()
-	sp, took, err := e.WaitBGP(ctx, lab, time.Minute)
+	sp, took, err := bgp.Wait(ctx, lab, time.Minute)
 	if err != nil {
 		for _, s := range sp {
 			t.Logf("%s: %d/%d established, %d best learned, %d in kernel, %s", s.Node, s.Established(), len(s.Neighbors), s.Learned(), len(s.FIB), s.Error)
@@ -99,7 +82,7 @@ func TestInternet(t *testing.T) {
 	t.Logf("BGP converged %s after up returned", took)
 
 	const cloud, poolA, poolB = "203.0.113.0/24", "198.51.100.0/28", "198.51.100.64/28"
-	speakers := map[string]*engine.Speaker{}
+	speakers := map[string]*bgp.Speaker{}
 	for _, s := range sp {
 		speakers[s.Node] = s
 	}
@@ -109,8 +92,8 @@ func TestInternet(t *testing.T) {
 			t.Fatalf("%d speakers, want 9", len(sp))
 		}
 		for _, s := range sp {
-			if s.Established() != len(s.Neighbors) || len(s.Neighbors) != len(tp.Nodes[s.Node].BGP.Neighbors) {
-				t.Errorf("%s: %d of %d sessions established (%d declared)", s.Node, s.Established(), len(s.Neighbors), len(tp.Nodes[s.Node].BGP.Neighbors))
+			if s.Established() != len(s.Neighbors) || len(s.Neighbors) != len(bgp.Of(tp.Nodes[s.Node]).Neighbors) {
+				t.Errorf("%s: %d of %d sessions established (%d declared)", s.Node, s.Established(), len(s.Neighbors), len(bgp.Of(tp.Nodes[s.Node]).Neighbors))
 			}
 		}
 		// The next hop each kernel uses towards the cloud: the neighbor on
@@ -136,7 +119,7 @@ func TestInternet(t *testing.T) {
 
 	t.Run("the multihomed cloud carries no traffic between its carriers", func(t *testing.T) {
 		for _, c := range []struct{ border, carrier string }{{"border1", "198.51.100.33"}, {"border2", "198.51.100.97"}} {
-			cl, err := bgp.Dial(ctx, tp.Nodes[c.border].BGP.API)
+			cl, err := bgp.Dial(ctx, bgp.Of(tp.Nodes[c.border]).API)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -247,14 +230,14 @@ func TestInternet(t *testing.T) {
 			return string(out)
 		}
 		labctl("link", "down", "c2", "border1")
-		d := waitUntil(t, 30*time.Second, "c2 reroutes the cloud's prefix through t1", func() bool {
+		d := labtest.WaitFor(t, 30*time.Second, func() bool {
 			return fibVia(t, lab, "c2", cloud) == "198.51.100.130"
-		})
+		}, "c2 reroutes the cloud's prefix through t1")
 		t.Logf("link down → c2's route to %s through the transit AS: %s", cloud, d)
-		d = waitUntil(t, 30*time.Second, "ue1 reaches the cloud again", func() bool {
+		d = labtest.WaitFor(t, 30*time.Second, func() bool {
 			_, err := run(lab, "ue1", "curl", "-sS", "-m1", "http://203.0.113.10/")
 			return err == nil
-		})
+		}, "ue1 reaches the cloud again")
 		t.Logf("… and ue1's request is answered %s later", d)
 		for _, p := range mustBGP(t, e, lab, "border1").RIB {
 			if p.From == "198.51.100.33" {
@@ -267,9 +250,9 @@ func TestInternet(t *testing.T) {
 		}
 
 		labctl("link", "up", "c2", "border1")
-		d = waitUntil(t, 30*time.Second, "c2 routes the cloud's prefix directly again", func() bool {
+		d = labtest.WaitFor(t, 30*time.Second, func() bool {
 			return fibVia(t, lab, "c2", cloud) == "198.51.100.34"
-		})
+		}, "c2 routes the cloud's prefix directly again")
 		t.Logf("link up → c2's direct route back: %s", d)
 		want = []string{"cgnat", "a2", "c1", "c2", "border1", "web"}
 		if got := traceroute(t, lab, "ue1", "203.0.113.10", who); !slices.Equal(got, want) {
@@ -295,7 +278,7 @@ func TestInternet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var all []engine.Speaker
+		var all []bgp.Speaker
 		if err := json.Unmarshal(out, &all); err != nil || len(all) != 9 {
 			t.Fatalf("labctl bgp --format json: %d speakers, %v\n%s", len(all), err, out)
 		}
@@ -318,9 +301,9 @@ func TestInternet(t *testing.T) {
 	}
 }
 
-func mustBGP(t *testing.T, e *engine.Engine, lab, node string) *engine.Speaker {
+func mustBGP(t *testing.T, e *engine.Engine, lab, node string) *bgp.Speaker {
 	t.Helper()
-	sp, err := e.BGP(context.Background(), lab, []string{node})
+	sp, err := bgp.Status(context.Background(), lab, []string{node})
 	if err != nil || sp[0].Error != "" {
 		t.Fatalf("bgp %s: %v %v", node, err, sp)
 	}

@@ -132,6 +132,10 @@ func (e *Engine) drift(ctx context.Context, rec *state.Lab, owned []string) ([]D
 // describe says what a step would mend, for people.
 func describe(s plan.Step, obs *plan.Observed) Drift {
 	d := Drift{Node: s.Node, Step: s.String(), Item: s.Iface}
+	if s.Part != "" {
+		d.Kind, d.Item = s.Part+" changed", ""
+		return d
+	}
 	switch s.Op {
 	case plan.OpRouteAdd:
 		d.Kind, d.Item = "route missing", s.Route.String()

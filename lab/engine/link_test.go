@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"labctl/lab/bgp"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/plan"
 	"labctl/lab/topology"
@@ -130,8 +132,8 @@ func addrsOn(t *testing.T, lab, node, iface string) []string {
 }
 
 func TestLinkDownUpRestoresRoutes(t *testing.T) {
-	needRoot(t)
-	lab := labName(t, "lk")
+	labtest.NeedRoot(t, whyRoot)
+	lab := labtest.LabName("lk")
 	tp := sample(t, lab, "10.0.2.10/24")
 	upForTest(t, tp)
 
@@ -217,10 +219,10 @@ func TestLinkDownUpRestoresRoutes(t *testing.T) {
 // On double11: a subscriber whose link flapped orders again, and a VIP
 // whose HAProxy VM's port flapped answers again.
 func TestLinkDownUpDouble11(t *testing.T) {
-	needRoot(t)
-	lab := labName(t, "lkd")
-	e, _ := upForTest(t, labTopology(t, "double11", lab))
-	if _, _, err := e.WaitBGP(context.Background(), lab, time.Minute); err != nil {
+	labtest.NeedRoot(t, whyRoot)
+	lab := labtest.LabName("lkd")
+	upForTest(t, labTopology(t, "double11", lab))
+	if _, _, err := bgp.Wait(context.Background(), lab, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 

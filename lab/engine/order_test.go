@@ -20,8 +20,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"labctl/lab/bgp"
 	"labctl/lab/cli"
 	"labctl/lab/engine"
+	"labctl/lab/firewall"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/pki"
 	"labctl/lab/serve"
@@ -151,20 +154,22 @@ func serviceRecord(t *testing.T, lab, node, svc string) service.Record {
 }
 
 func TestOrderPath(t *testing.T) {
-	needRoot(t)
-	lab := labName(t, "o")
+	labtest.NeedRoot(t, whyRoot)
+	lab := labtest.LabName("o")
 	before, ipcBefore := rootSnapshot(t), ipcSnapshot(t)
 	tp := labTopology(t, "double11", lab)
 	e, downed := upForTest(t, tp)
-	if _, _, err := e.WaitBGP(context.Background(), lab, time.Minute); err != nil {
+	if _, _, err := bgp.Wait(context.Background(), lab, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 
 	// One order from a subscriber of each carrier: each lands in the region
 	// the GSLB chose for its resolver, through one of that region's VIPs,
 	// and the shop sees the carrier's public pool address.
+	fwBefore := firewallCounters(t, lab)
 	a := labctlOrder(t, lab, "--from", "ue1", "--qty", "2")
 	b := labctlOrder(t, lab, "--from", "ue2")
+	checkFirewalls(t, lab, fwBefore)
 	for _, c := range []struct {
 		r      cli.OrderResult
 		region string
@@ -212,10 +217,10 @@ func TestOrderPath(t *testing.T) {
 	if s := stockOf(db, "phone-x"); s != 100000-3 {
 		t.Errorf("phone-x stock %d after 3 ordered, want %d", s, 100000-3)
 	}
-	waitUntil(t, 10*time.Second, "the standby to have both orders", func() bool {
+	labtest.WaitFor(t, 10*time.Second, func() bool {
 		sb := labctlOrders(t, lab, "--standby")
 		return slices.Equal(ids(sb), want) && stockOf(sb, "phone-x") == 100000-3
-	})
+	}, "the standby to have both orders")
 
 	// The same order id twice: one order, one deduction.
 	again := labctlOrder(t, lab, "--from", "ue1", "--qty", "2", "--id", a.OrderID)
@@ -327,18 +332,18 @@ func TestOrderPath(t *testing.T) {
 			t.Fatalf("order %d after the kills: HTTP %d %+v %+v; want 201 via controller east-app2 and order east-app1", i, r.Status, r.Order, r.Error)
 		}
 	}
-	waitUntil(t, 5*time.Second, "the dead order instance's lease to expire", func() bool {
+	labtest.WaitFor(t, 5*time.Second, func() bool {
 		return slices.Equal(registryIn(t, lab, "east-app1", "east", "order"), []string{"east-app1"})
-	})
+	}, "the dead order instance's lease to expire")
 	for _, slb := range []string{"east-slb1", "east-slb2", "east-slb3"} {
-		waitUntil(t, 5*time.Second, slb+" to mark east-app1 down", func() bool {
+		labtest.WaitFor(t, 5*time.Second, func() bool {
 			for _, s := range haproxyStats(t, lab, slb) {
 				if s.Name == "east-app1" {
 					return strings.HasPrefix(s.Status, "DOWN")
 				}
 			}
 			return false
-		})
+		}, slb+" to mark east-app1 down")
 	}
 	// The watcher brings both back: new processes, one restart each, and
 	// the order instance in the registry again.
@@ -346,14 +351,14 @@ func TestOrderPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	for k, old := range killed {
-		waitUntil(t, 20*time.Second, k[0]+"/"+k[1]+" to be restarted", func() bool {
+		labtest.WaitFor(t, 20*time.Second, func() bool {
 			r := serviceRecord(t, lab, k[0], k[1])
 			return r.PID != old && r.Restarts == 1 && (service.OSProc{}).Alive(r.PID, r.Start)
-		})
+		}, k[0]+"/"+k[1]+" to be restarted")
 	}
-	waitUntil(t, 20*time.Second, "the restarted order instance to register", func() bool {
+	labtest.WaitFor(t, 20*time.Second, func() bool {
 		return slices.Equal(registryIn(t, lab, "east-app1", "east", "order"), []string{"east-app1", "east-app2"})
-	})
+	}, "the restarted order instance to register")
 
 	// down leaves nothing: no processes, no data, the root namespace as it was.
 	*downed = true
@@ -403,4 +408,45 @@ func ipcSnapshot(t *testing.T) map[string]bool {
 		}
 	}
 	return out
+}
+
+// firewallCounters reads the packet counters of both regions' firewalls,
+// by "node/rule".
+func firewallCounters(t *testing.T, lab string) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	for _, fw := range []string{"fw-east", "fw-north"} {
+		info, err := firewall.Read(context.Background(), lab, fw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range info.Rules {
+			out[fw+"/"+r.Name] = r.Packets
+		}
+	}
+	return out
+}
+
+// checkFirewalls: each order's connection was let in by its region's
+// firewall as a new connection to the shop's VIPs; a port the firewall
+// does not allow is dropped there and counted (the orders that follow in
+// TestOrderPath still pass).
+func checkFirewalls(t *testing.T, lab string, before map[string]uint64) {
+	t.Helper()
+	after := firewallCounters(t, lab)
+	for _, fw := range []string{"fw-east", "fw-north"} {
+		if d := after[fw+"/shop-vips"] - before[fw+"/shop-vips"]; d < 1 {
+			t.Errorf("%s let no new connection to the VIPs in (%d) for an order it carried", fw, d)
+		}
+	}
+	// ssh to a VIP from ue1: its SYNs die at fw-east.
+	out, err := run(lab, "ue1", "curl", "-sS", "--max-time", "2", "telnet://"+eastVIPs[0]+":22")
+	if err == nil {
+		t.Fatalf("port 22 of %s answered through the firewall: %s", eastVIPs[0], out)
+	}
+	dropped := firewallCounters(t, lab)["fw-east/dropped"] - after["fw-east/dropped"]
+	if dropped < 1 {
+		t.Errorf("fw-east counted %d dropped packets for the SYNs to port 22", dropped)
+	}
+	// The orders of the rest of TestOrderPath pass after it.
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"labctl/lab/engine"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/packets"
 	"labctl/lab/serve"
@@ -146,7 +147,7 @@ func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 // the machine's own) in a namespace of the test, with one bridge.
 func foreignOVS(t *testing.T) (dir string, alive func() bool) {
 	t.Helper()
-	ns := fmt.Sprintf("tforeign%d", os.Getpid()%100000)
+	ns := labtest.LabName("foreign")
 	if err := netns.Create(ns); err != nil {
 		t.Fatal(err)
 	}
@@ -197,15 +198,11 @@ func foreignOVS(t *testing.T) (dir string, alive func() bool) {
 }
 
 func TestRegion(t *testing.T) {
-	needRoot(t)
-	for _, bin := range []string{"ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "iptables", "tcpdump", "curl", "ping"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed (scripts/setup.sh installs it)", bin)
-		}
-	}
+	labtest.NeedRoot(t, whyRoot)
+	labtest.RequireTool(t, "ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "iptables", "tcpdump", "curl", "ping")
 	before := rootSnapshot(t)
 	_, foreignAlive := foreignOVS(t)
-	lab := labName(t, "reg")
+	lab := labtest.LabName("reg")
 	tp := regionTopology(t, lab)
 	e, downed := upForTest(t, tp)
 	ctx := context.Background()
@@ -350,11 +347,8 @@ func TestRegion(t *testing.T) {
 			t.Errorf("%s still runs: %q", p, strings.ReplaceAll(string(b), "\x00", " "))
 		}
 	}
-	names, _ := netns.List()
-	for _, ns := range names {
-		if strings.HasPrefix(ns, lab+"-") {
-			t.Errorf("namespace %s left behind", ns)
-		}
+	for _, ns := range labtest.Namespaces(lab + "-") {
+		t.Errorf("namespace %s left behind", ns)
 	}
 	if _, err := os.Stat(state.Dir(lab)); !os.IsNotExist(err) {
 		t.Errorf("state dir %s left behind", state.Dir(lab))

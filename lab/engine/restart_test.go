@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"labctl/lab/engine"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 	"labctl/lab/service"
 	"labctl/lab/state"
@@ -117,8 +118,8 @@ func processesOf(lab, node, svc string) []int {
 }
 
 func TestRestarts(t *testing.T) {
-	needRoot(t)
-	lab := labName(t, "rs")
+	labtest.NeedRoot(t, whyRoot)
+	lab := labtest.LabName("rs")
 	flag := filepath.Join(t.TempDir(), "crash-now")
 	tp := restartLab(t, lab, flag)
 	e, downed := upForTest(t, tp)
@@ -133,10 +134,10 @@ func TestRestarts(t *testing.T) {
 	if err := syscall.Kill(first.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 15*time.Second, "echo to come back", func() bool {
+	labtest.WaitFor(t, 15*time.Second, func() bool {
 		r := record(t, lab, "h", "echo")
 		return r.PID != first.PID && alive(r) && dialIn(lab, 7) == nil
-	})
+	}, "echo to come back")
 	echo := record(t, lab, "h", "echo")
 	if echo.Restarts != 1 || !strings.Contains(echo.LastExit, "killed by SIGKILL") {
 		t.Errorf("echo after one kill: restarts %d, last exit %q", echo.Restarts, echo.LastExit)
@@ -154,9 +155,9 @@ func TestRestarts(t *testing.T) {
 	if err := syscall.Kill(once.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 15*time.Second, "the watcher to settle once", func() bool {
+	labtest.WaitFor(t, 15*time.Second, func() bool {
 		return record(t, lab, "h", "once").State == service.StateExited
-	})
+	}, "the watcher to settle once")
 	if r := record(t, lab, "h", "once"); r.PID != once.PID || r.Restarts != 0 || alive(r) || len(processesOf(lab, "h", "once")) != 0 || dialIn(lab, 8) == nil {
 		t.Errorf("a restart: never service came back: %+v", r)
 	}
@@ -166,9 +167,9 @@ func TestRestarts(t *testing.T) {
 	if err := os.WriteFile(flag, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "crash to be marked failed", func() bool {
+	labtest.WaitFor(t, 30*time.Second, func() bool {
 		return record(t, lab, "h", "crash").State == service.StateFailed
-	})
+	}, "crash to be marked failed")
 	crash := record(t, lab, "h", "crash")
 	if crash.Restarts != 2 || alive(crash) || len(processesOf(lab, "h", "crash")) != 0 || !strings.Contains(crash.LastExit, "exited with status 3") {
 		t.Errorf("failed crash: %+v", crash)
@@ -182,13 +183,13 @@ func TestRestarts(t *testing.T) {
 	if err := syscall.Kill(w.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "the watcher to die", func() bool { _, ok := engine.Watcher(lab); return !ok })
+	labtest.WaitFor(t, 5*time.Second, func() bool { _, ok := engine.Watcher(lab); return !ok }, "the watcher to die")
 	os.Remove(flag)
 	if _, err := e.Up(context.Background(), tp); err != nil {
 		t.Fatal(err)
 	}
 	w2, ok := engine.Watcher(lab)
-	waitUntil(t, 5*time.Second, "up to start a new watcher", func() bool { w2, ok = engine.Watcher(lab); return ok })
+	labtest.WaitFor(t, 5*time.Second, func() bool { w2, ok = engine.Watcher(lab); return ok }, "up to start a new watcher")
 	if w2.PID == w.PID {
 		t.Errorf("watcher pid %d is the killed one", w2.PID)
 	}
@@ -220,9 +221,9 @@ func TestRestarts(t *testing.T) {
 	if err := syscall.Kill(after.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 15*time.Second, "the watcher to settle echo", func() bool {
+	labtest.WaitFor(t, 15*time.Second, func() bool {
 		return record(t, lab, "h", "echo").State != ""
-	})
+	}, "the watcher to settle echo")
 	if r := record(t, lab, "h", "echo"); r.State != service.StateExited || r.PID != after.PID || !strings.Contains(r.LastExit, "exited with status 0") || len(processesOf(lab, "h", "echo")) != 0 {
 		t.Errorf("echo after SIGTERM: %+v", r)
 	}
@@ -245,8 +246,8 @@ func TestRestarts(t *testing.T) {
 
 // down ends a live watcher too, and right after it nothing of the lab runs.
 func TestDownEndsWatcher(t *testing.T) {
-	needRoot(t)
-	lab := labName(t, "rw")
+	labtest.NeedRoot(t, whyRoot)
+	lab := labtest.LabName("rw")
 	e, downed := upForTest(t, restartLab(t, lab, filepath.Join(t.TempDir(), "never")))
 	w, ok := engine.Watcher(lab)
 	if !ok {

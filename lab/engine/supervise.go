@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"log"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"labctl/lab/runner"
 	"labctl/lab/service"
 	"labctl/lab/state"
 	"labctl/lab/topology"
@@ -152,18 +152,18 @@ func (e *Engine) ensureWatcher(t *topology.Topology) error {
 		return err
 	}
 	defer lf.Close()
-	cmd := exec.Command(e.opt.Self, "serve", "supervise", "--lab", lab)
-	// LABCTL_LAB marks it as the lab's, like its services.
-	cmd.Env = append(os.Environ(), "LABCTL_LAB="+lab)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Dir = "/"
-	// Its own session: it outlives up and ignores up's terminal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	// Not up's context: the watcher outlives up.
+	watcher := runner.Default.Command(context.Background(), e.opt.Self, "serve", "supervise", "--lab", lab).
+		SetEnv("LABCTL_LAB=" + lab). // marks it as the lab's, like its services
+		SetStdout(lf).SetStderr(lf).SetDir("/").
+		// Its own session: it outlives up and ignores up's terminal.
+		SetSysProcAttr(func(a *syscall.SysProcAttr) { a.Setsid = true })
+	if err := watcher.Start(); err != nil {
 		return fmt.Errorf("lab %s: start the service watcher: %w", lab, err)
 	}
+	cmd := watcher.Exec() // its Process, for the PID
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }() // reaped if it ends while this labctl runs
+	go func() { watcher.Wait(); close(exited) }() // reaped if it ends while this labctl runs
 	// Wait until it has recorded itself: then down finds it even if this
 	// up is killed right after, and status reports it.
 	for end := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {

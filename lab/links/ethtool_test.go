@@ -2,13 +2,13 @@ package links
 
 import (
 	"errors"
-	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"labctl/lab/internal/labtest"
 )
 
 // txChecksumming is what `ethtool -k` prints for tx-checksumming in ns.
@@ -28,19 +28,9 @@ func txChecksumming(t *testing.T, ns, iface string) string {
 }
 
 func TestTxChecksumRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	for _, b := range []string{"ip", "ethtool"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("needs %s", b)
-		}
-	}
-	ns := fmt.Sprintf("ethtool-test-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	labtest.NeedRoot(t)
+	labtest.NeedTool(t, "ip", "ethtool")
+	ns := labtest.Netns(t, "ethtool-test")
 	// Both ends inside the test's namespace.
 	if out, err := exec.Command("ip", "-n", ns, "link", "add", "ve0", "type", "veth", "peer", "name", "ve1").CombinedOutput(); err != nil {
 		t.Fatalf("ip link add: %v\n%s", err, out)

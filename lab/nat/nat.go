@@ -8,6 +8,11 @@
 // the namespace, and inherits it, as CNI plugins do.
 //
 // Only IPv4 (iptables, not ip6tables) is handled.
+//
+// It is the only package of labctl that runs iptables: besides the nat
+// rules it makes an interface drop everything (DropAll, for the silent
+// link failure of bench bgp) and checks that iptables works (Probe, for
+// doctor).
 package nat
 
 import (

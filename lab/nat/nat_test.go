@@ -2,7 +2,6 @@ package nat
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/netns"
 )
 
@@ -198,18 +198,6 @@ func strs(rs []Rule) []string {
 
 // --- root only ---
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	for _, b := range []string{"ip", "iptables"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("needs %s", b)
-		}
-	}
-}
-
 func run(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
@@ -217,15 +205,6 @@ func run(t *testing.T, args ...string) string {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// newNS creates nat-test-<what>-<pid> and deletes it when the test ends.
-func newNS(t *testing.T, what string) string {
-	t.Helper()
-	name := fmt.Sprintf("nat-test-%s-%d", what, os.Getpid())
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	return name
 }
 
 // dump is `iptables -t nat -S` of ns: every rule, marked or not.
@@ -256,8 +235,9 @@ func mustSync(t *testing.T, ns, mark string, want []Rule, wantChanged bool) {
 const mark = "labctl.nattest"
 
 func TestSyncRoot(t *testing.T) {
-	needRoot(t)
-	ns := newNS(t, "sync")
+	labtest.NeedRoot(t)
+	labtest.NeedTool(t, "ip", "iptables")
+	ns := labtest.Netns(t, "nat-test-sync")
 
 	if got, err := List(ns, mark); err != nil || len(got) != 0 {
 		t.Fatalf("List of a fresh namespace: %q %v", strs(got), err)
@@ -329,8 +309,9 @@ func TestSyncRoot(t *testing.T) {
 }
 
 func TestSyncErrorsRoot(t *testing.T) {
-	needRoot(t)
-	ns := newNS(t, "err")
+	labtest.NeedRoot(t)
+	labtest.NeedTool(t, "ip", "iptables")
+	ns := labtest.Netns(t, "nat-test-err")
 
 	bad := Rule{Chain: "NOSUCHCHAIN", Args: []string{"-j", "RETURN"}}
 	_, err := Sync(ns, mark, []Rule{bad})
@@ -363,8 +344,9 @@ func TestSyncErrorsRoot(t *testing.T) {
 // the server sees the client's own address, and the client sees the
 // server's outbound connection come from the floating IP.
 func TestOneToOneTrafficRoot(t *testing.T) {
-	needRoot(t)
-	client, gw, server := newNS(t, "c"), newNS(t, "gw"), newNS(t, "s")
+	labtest.NeedRoot(t)
+	labtest.NeedTool(t, "ip", "iptables")
+	client, gw, server := labtest.Netns(t, "nat-test-c"), labtest.Netns(t, "nat-test-gw"), labtest.Netns(t, "nat-test-s")
 	run(t, "ip", "link", "add", "c0", "netns", client, "type", "veth", "peer", "name", "g0", "netns", gw)
 	run(t, "ip", "link", "add", "g1", "netns", gw, "type", "veth", "peer", "name", "s0", "netns", server)
 	for _, c := range [][]string{

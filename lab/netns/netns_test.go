@@ -7,19 +7,15 @@ import (
 	"os/exec"
 	"testing"
 	"time"
-)
 
-func needRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-}
+	"labctl/lab/internal/labtest"
+)
 
 func threadNS() (NsID, error) { return statID("/proc/thread-self/ns/net") }
 
 func TestCreateDoKillDelete(t *testing.T) {
-	needRoot(t)
-	name := fmt.Sprintf("netnstest-%d", os.Getpid())
+	labtest.NeedRoot(t)
+	name := labtest.TempName("netnstest")
 	t.Cleanup(func() { Delete(name) })
 	root, err := statID("/proc/self/ns/net")
 	if err != nil {
@@ -94,8 +90,8 @@ func TestCreateDoKillDelete(t *testing.T) {
 }
 
 func TestIDRefusesPlainFile(t *testing.T) {
-	needRoot(t)
-	name := fmt.Sprintf("netnstest-plain-%d", os.Getpid())
+	labtest.NeedRoot(t)
+	name := labtest.TempName("netnstest-plain")
 	if err := prepare(); err != nil {
 		t.Fatal(err)
 	}

@@ -11,12 +11,10 @@
 package ovs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -27,6 +25,7 @@ import (
 
 	"labctl/lab/netns"
 	"labctl/lab/plan"
+	"labctl/lab/runner"
 	"labctl/lab/topology"
 )
 
@@ -51,14 +50,16 @@ type Runner func(ctx context.Context, env []string, name string, args ...string)
 // Exec is the real runner. The tools talk to the daemons over their Unix
 // sockets, so they need no namespace of their own.
 func Exec(ctx context.Context, env []string, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	return Through(runner.Default)(ctx, env, name, args...)
+}
+
+// Through is the Runner that makes its commands with c: stdout is the
+// answer, and an error (a *runner.Error) carries the command line and
+// stderr.
+func Through(c runner.Cmder) Runner {
+	return func(ctx context.Context, env []string, name string, args ...string) ([]byte, error) {
+		return c.Command(ctx, name, args...).SetEnv(env...).Output()
 	}
-	return out.Bytes(), nil
 }
 
 // Switch is one host's Open vSwitch.

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"labctl/lab/plan"
+	"labctl/lab/runner/runnertest"
 	"labctl/lab/topology"
 )
 
@@ -484,17 +485,26 @@ func TestApplyStopsOnError(t *testing.T) {
 	top, step := regionStep(t, "h2")
 	step.OVS.Datapath = Netdev
 	f := newFake()
-	n := 0
-	run := func(ctx context.Context, env []string, name string, args ...string) ([]byte, error) {
-		n++
-		if slices.Contains(args, "add-port") {
-			return nil, fmt.Errorf("boom")
+	// The commands go through the runner's fake, which records them;
+	// the fake database answers all but add-port, which fails.
+	cmds := &runnertest.Fake{Handler: func(c runnertest.Call) runnertest.Reply {
+		if slices.Contains(c.Args, "add-port") {
+			return runnertest.Reply{Stderr: "ovs-vsctl: boom\n", Err: runnertest.ExitStatus(1)}
 		}
-		return f.run(ctx, env, name, args...)
-	}
-	s := &Switch{Dir: t.TempDir(), Run: run, ctx: context.Background()}
-	if err := s.apply(top.Name, step); err == nil || !strings.Contains(err.Error(), "boom") {
+		out, err := f.run(context.Background(), c.Env, c.Args[0], c.Args[1:]...)
+		return runnertest.Reply{Stdout: string(out), Err: err}
+	}}
+	s := &Switch{Dir: t.TempDir(), Run: Through(cmds), ctx: context.Background()}
+	err := s.apply(top.Name, step)
+	if err == nil || !strings.Contains(err.Error(), "add-port") || !strings.Contains(err.Error(), ": exit status 1: ovs-vsctl: boom") {
 		t.Fatalf("apply = %v", err)
+	}
+	calls := cmds.Calls()
+	if len(calls) == 0 || !slices.Contains(calls[len(calls)-1].Args, "add-port") {
+		t.Errorf("calls after the failed add-port:\n  %s", strings.Join(cmds.Commands(), "\n  "))
+	}
+	if want := Env(s.Dir); !slices.Equal(calls[0].Env, want) {
+		t.Errorf("env %q, want %q", calls[0].Env, want)
 	}
 	if f.rows["open_vswitch"]["."]["external_ids:"+MarkHash] != "" {
 		t.Error("the hash is recorded although the configuration failed")

@@ -16,6 +16,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+
+	"labctl/lab/internal/labtest"
 )
 
 var (
@@ -356,9 +358,7 @@ func TestReadBadFiles(t *testing.T) {
 // TestLiveCapture checks Read against a real tcpdump capture of a ping
 // across a veth between two namespaces. It needs root and tcpdump.
 func TestLiveCapture(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	labtest.NeedRoot(t, "needs root to create network namespaces")
 	for _, tool := range []string{"ip", "tcpdump", "ping"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not found", tool)

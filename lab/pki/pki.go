@@ -1,5 +1,6 @@
-// Package pki is the lab's own certificate authority: a root CA, an
-// intermediate CA and a server certificate for the shop's names, kept in
+// Package pki is the lab's own certificate authority (story stages 5 and
+// 8: the TLS the phone checks, terminated at the shop's SLBs): a root CA,
+// an intermediate CA and a server certificate for the shop's names, kept in
 // the lab's state directory. Subscribers trust the lab root explicitly;
 // nothing is ever added to the host's trust store.
 package pki

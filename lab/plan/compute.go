@@ -19,6 +19,12 @@ var EtcNetns = "/etc/netns"
 // DefaultMTU is the MTU of a link with none given.
 const DefaultMTU = topology.DefaultMTU
 
+// Link kinds as netlink reports them (LinkState.Kind).
+const (
+	LinkVeth   = "veth"
+	LinkBridge = "bridge"
+)
+
 // Observed is what exists now of a lab: its namespaces (only those the lab
 // owns) and its services.
 type Observed struct {
@@ -41,6 +47,8 @@ type NSState struct {
 	OVSHash string `json:"ovs_hash,omitempty"`
 	// NAT is the lab's NAT rules in the namespace (read for nodes with NAT).
 	NAT []nat.Rule `json:"nat,omitempty"`
+	// Parts is what each lab part observed in the namespace (PartState).
+	Parts map[string]string `json:"parts,omitempty"`
 }
 
 // LinkState is one interface.
@@ -176,7 +184,7 @@ func ComputeContext(ctx context.Context, t *topology.Topology, obs *Observed) (*
 			return false
 		}
 		a, b := me.Links[d.iface], peer.Links[d.peerIface]
-		return a != nil && b != nil && a.Kind == "veth" && b.Kind == "veth" &&
+		return a != nil && b != nil && a.Kind == LinkVeth && b.Kind == LinkVeth &&
 			a.HasMark(Mark(t.Name, d.peerNode, d.peerIface)) && b.HasMark(Mark(t.Name, d.node, d.iface))
 	}
 	for _, n := range names {
@@ -191,7 +199,7 @@ func ComputeContext(ctx context.Context, t *topology.Topology, obs *Observed) (*
 			switch {
 			case ifn == "lo":
 				continue
-			case d == nil && ifn == topology.BridgeName && isBridgeNode(t, n) && l.Kind == "bridge":
+			case d == nil && ifn == topology.BridgeName && isBridgeNode(t, n) && l.Kind == LinkBridge:
 				continue
 			case d == nil && !hasPrefixMark(l, MarkPrefix(t.Name)):
 				continue // not made by this lab: leave it alone
@@ -504,6 +512,7 @@ func ComputeContext(ctx context.Context, t *topology.Topology, obs *Observed) (*
 		}
 		add(Step{Phase: PhaseServices, Op: OpServiceStart, Node: node, NS: nsOf(node), Svc: svc})
 	}
+	partSteps(p, t, obs)
 	return p, nil
 }
 

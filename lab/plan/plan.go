@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"labctl/lab/component"
 	"labctl/lab/nat"
 	"labctl/lab/topology"
 )
@@ -33,13 +34,14 @@ const (
 	PhaseAddresses  = "addresses"
 	PhaseRoutes     = "routes"
 	PhaseNAT        = "nat"
+	PhaseFilters    = "packet filters"
 	PhaseFiles      = "files"
 	PhaseServices   = "services"
 )
 
 // Phases lists every phase in order.
 var Phases = []string{PhaseStop, PhasePrune, PhaseNamespaces, PhaseLinks, PhaseOffloads, PhaseOVS,
-	PhaseBridges, PhaseSysctls, PhaseAddresses, PhaseRoutes, PhaseNAT, PhaseFiles, PhaseServices}
+	PhaseBridges, PhaseSysctls, PhaseAddresses, PhaseRoutes, PhaseNAT, PhaseFilters, PhaseFiles, PhaseServices}
 
 // Ops.
 const (
@@ -104,6 +106,13 @@ type Step struct {
 	Ports []string      `json:"ports,omitempty"`
 	// NAT is a node's complete set of the lab's NAT rules (nat.sync).
 	NAT []nat.Rule `json:"nat,omitempty"`
+
+	// Part is the lab part (lab/component) whose step this is; its driver
+	// applies it. Payload is the part's own plain data for the step, and
+	// Text how `labctl plan` shows it.
+	Part    string `json:"part,omitempty"`
+	Payload any    `json:"payload,omitempty"`
+	Text    string `json:"text,omitempty"`
 }
 
 // Route is a route as planned and as observed.
@@ -192,6 +201,9 @@ func (s Step) String() string {
 		out = fmt.Sprintf("~ nat %s: %d rules", s.Node, len(s.NAT))
 	default:
 		out = s.Op
+		if s.Text != "" {
+			out = s.Text
+		}
 	}
 	if s.Reason != "" {
 		out += " (" + s.Reason + ")"
@@ -289,7 +301,7 @@ func EarlySysctls(n *topology.Node) map[string]string {
 }
 
 // NATRules is every NAT rule a node should have: each 1:1 translation, then
-// the VPC's source NAT, then carrier-grade NAT.
+// the VPC's source NAT, then the lab parts' (carrier-grade NAT).
 func NATRules(t *topology.Topology, n *topology.Node) []nat.Rule {
 	var out []nat.Rule
 	var inside netip.Prefix
@@ -302,8 +314,8 @@ func NATRules(t *topology.Topology, n *topology.Node) []nat.Rule {
 	if n.SNAT != "" && t.VPCs[n.VPC] != nil {
 		out = append(out, nat.SourceNAT(netip.MustParsePrefix(t.VPCs[n.VPC].CIDR), netip.MustParseAddr(n.SNAT))...)
 	}
-	if c := n.CGNAT; c != nil {
-		out = append(out, nat.PoolNAT(netip.MustParsePrefix(c.Inside), netip.MustParsePrefix(c.Pool))...)
+	for _, p := range component.Implementing[NATPart]() { // carrier-grade NAT
+		out = append(out, p.NATRules(t, n)...)
 	}
 	// As nat.List reports them, so that a synced router compares equal;
 	// within a chain the order above is kept (1:1 SNATs before the VPC's).

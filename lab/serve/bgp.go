@@ -7,13 +7,12 @@ import (
 	"log/slog"
 
 	"labctl/lab/bgp"
-	"labctl/lab/topology"
 )
 
-// BGP runs a router's BGP speaker, configured by a topology.BGP in JSON,
+// BGP runs a router's BGP speaker, configured by a bgp.Config in JSON,
 // on the kernel of the current namespace until ctx is done.
 func BGP(ctx context.Context, configJSON string, log *slog.Logger) error {
-	var cfg topology.BGP
+	var cfg bgp.Config
 	if err := json.Unmarshal([]byte(configJSON), &cfg); err != nil {
 		return fmt.Errorf("bgp config: %w", err)
 	}

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
+
+	"labctl/lab/runner"
 )
 
 // ChildGrace is how long a server gets to stop before SIGKILL: shorter
@@ -21,37 +23,40 @@ const ChildGrace = 1500 * time.Millisecond
 // dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed labctl never
 // leaves it behind; when ctx ends it gets stop (each server has its own
 // "shut down now" signal) and, after grace, SIGKILL. A child that exits by
-// itself before ctx ends is an error.
-func RunChild(ctx context.Context, cmd *exec.Cmd, stop syscall.Signal, grace time.Duration, log *slog.Logger) error {
+// itself before ctx ends is an error. cmd is a local command (its Exec
+// gives the process to signal) made with a context that does not end
+// with ctx, since RunChild stops it itself.
+func RunChild(ctx context.Context, cmd runner.Cmd, stop syscall.Signal, grace time.Duration, log *slog.Logger) error {
 	// The death signal follows the thread that started the child: keep it.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	cmd.SetSysProcAttr(func(a *syscall.SysProcAttr) { a.Pdeathsig = syscall.SIGKILL })
+	c := cmd.Exec()
+	if c == nil {
+		return fmt.Errorf("%s: not a local command", strings.Join(cmd.Args(), " "))
 	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", cmd.Path, err)
+		return fmt.Errorf("start %s: %w", c.Path, errors.Unwrap(err))
 	}
-	log.Info("started", "cmd", cmd.Path, "pid", cmd.Process.Pid)
+	log.Info("started", "cmd", c.Path, "pid", c.Process.Pid)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
-		if err == nil {
+		if err = errors.Unwrap(err); err == nil {
 			err = errors.New("exited")
 		}
-		return fmt.Errorf("%s (pid %d): %w", cmd.Path, cmd.Process.Pid, err)
+		return fmt.Errorf("%s (pid %d): %w", c.Path, c.Process.Pid, err)
 	case <-ctx.Done():
 	}
-	cmd.Process.Signal(stop)
+	c.Process.Signal(stop)
 	select {
 	case <-done:
 	case <-time.After(grace):
-		log.Warn("did not stop in time; killing", "pid", cmd.Process.Pid, "grace", grace)
-		cmd.Process.Kill()
+		log.Warn("did not stop in time; killing", "pid", c.Process.Pid, "grace", grace)
+		c.Process.Kill()
 		<-done
 	}
-	log.Info("stopped", "cmd", cmd.Path, "pid", cmd.Process.Pid)
+	log.Info("stopped", "cmd", c.Path, "pid", c.Process.Pid)
 	return nil
 }

@@ -11,13 +11,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"labctl/lab/runner"
 )
 
 // HAProxyBin is the HAProxy binary (Debian's haproxy package).
@@ -242,11 +243,10 @@ func haproxyFitMaxConn() (int, error) {
 }
 
 // daemonCmd is a distribution server's command whose output joins ours
-// (the supervisor keeps it in the service's log).
-func daemonCmd(bin string, args ...string) *exec.Cmd {
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	return cmd
+// (the supervisor keeps it in the service's log). Its context never ends:
+// RunChild stops it.
+func daemonCmd(bin string, args ...string) runner.Cmd {
+	return runner.Default.Command(context.Background(), bin, args...).SetStdout(os.Stderr).SetStderr(os.Stderr)
 }
 
 // HAProxyStats asks HAProxy's admin socket for its server statistics

@@ -16,7 +16,6 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +29,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"labctl/lab/internal/labtest"
 )
 
 func TestHAProxyConfig(t *testing.T) {
@@ -165,7 +166,7 @@ func TestHAProxyChecksAndBalances(t *testing.T) {
 	cert := writeCert(t, dir)
 	good := proxiedBackend(t, "good", http.StatusOK)
 	bad := proxiedBackend(t, "bad", http.StatusServiceUnavailable)
-	listen := freeAddr(t)
+	listen := labtest.FreeAddr(t)
 	o := HAProxyOptions{
 		Dir: dir, Listen: listen, Cert: cert, HealthPath: "/healthz", ProxyV2: true,
 		Backends: []string{"good=" + good, "bad=" + bad},
@@ -174,11 +175,11 @@ func TestHAProxyChecksAndBalances(t *testing.T) {
 
 	sock := filepath.Join(dir, HAProxySocket)
 	var servers []HAProxyServer
-	waitFor(t, 5*time.Second, "good UP and bad DOWN", func() bool {
+	labtest.WaitFor(t, 5*time.Second, func() bool {
 		var err error
 		servers, err = HAProxyStats(sock)
 		return err == nil && statusOf(servers, "good") == "UP" && statusOf(servers, "bad") == "DOWN"
-	})
+	}, "good UP and bad DOWN")
 	if len(servers) != 2 || servers[0].Backend != "controllers" || servers[0].Addr != good {
 		t.Fatalf("stats: %+v", servers)
 	}
@@ -251,7 +252,7 @@ func TestParseStat(t *testing.T) {
 
 func TestEtcd(t *testing.T) {
 	requireBin(t, EtcdBin)
-	client, peer := freePort(t), freePort(t)
+	client, peer := labtest.FreePort(t), labtest.FreePort(t)
 	o := EtcdOptions{DataDir: filepath.Join(t.TempDir(), "etcd"), Name: "east-etcd", Listen: "127.0.0.1", ClientPort: client, PeerPort: peer}
 	d := startDaemon(t, func(ctx context.Context, log *slog.Logger) error { return Etcd(ctx, o, log) })
 	cli, err := clientv3.New(clientv3.Config{
@@ -261,12 +262,12 @@ func TestEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	waitFor(t, 10*time.Second, "etcd accepts a put", func() bool {
+	labtest.WaitFor(t, 10*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := cli.Put(ctx, "/labctl/test", "hello")
 		return err == nil
-	})
+	}, "etcd accepts a put")
 	resp, err := cli.Get(context.Background(), "/labctl/test")
 	if err != nil {
 		t.Fatal(err)
@@ -304,13 +305,13 @@ func TestEtcdArgs(t *testing.T) {
 
 func TestRedis(t *testing.T) {
 	requireBin(t, RedisBin)
-	port := freePort(t)
+	port := labtest.FreePort(t)
 	o := RedisOptions{Dir: t.TempDir(), Listen: "127.0.0.1", Port: port, MaxMemory: "16mb"}
 	d := startDaemon(t, func(ctx context.Context, log *slog.Logger) error { return Redis(ctx, o, log) })
 	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
 	defer rdb.Close()
 	ctx := context.Background()
-	waitFor(t, 5*time.Second, "redis answers PING", func() bool { return rdb.Ping(ctx).Err() == nil })
+	labtest.WaitFor(t, 5*time.Second, func() bool { return rdb.Ping(ctx).Err() == nil }, "redis answers PING")
 	if err := rdb.Set(ctx, "product:flash-1", "42", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -350,22 +351,6 @@ func requireBin(t *testing.T, bin string) {
 		}
 		t.Skip(err)
 	}
-}
-
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	return int(netip.MustParseAddrPort(freeAddr(t)).Port())
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // writeCert writes a self-signed ECDSA certificate for 127.0.0.1 and its
@@ -430,17 +415,6 @@ func statusOf(servers []HAProxyServer, name string) string {
 		}
 	}
 	return ""
-}
-
-// waitFor polls ok until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
-	t.Helper()
-	for end := time.Now().Add(timeout); !ok(); {
-		if time.Now().After(end) {
-			t.Fatalf("no %s after %v", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // daemon is a launcher running in the background and the PID of the

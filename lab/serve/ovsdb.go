@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -8,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+
+	"labctl/lab/runner"
 )
 
 // OVSSchema is the database schema Debian's openvswitch-common installs.
@@ -15,20 +18,23 @@ var OVSSchema = "/usr/share/openvswitch/vswitch.ovsschema"
 
 // OVSDB prepares an ovs-host's database in dir (created on first start,
 // with the one Open_vSwitch row that `ovs-vsctl init` would add) and then
-// becomes ovsdb-server, so the supervisor's PID is the server's own.
+// becomes ovsdb-server (syscall.Exec: it replaces labctl rather than
+// starting a child through lab/runner), so the supervisor's PID is the
+// server's own.
 func OVSDB(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	db := filepath.Join(dir, "conf.db")
 	if _, err := os.Stat(db); errors.Is(err, fs.ErrNotExist) {
-		if out, err := exec.Command("ovsdb-tool", "create", db, OVSSchema).CombinedOutput(); err != nil {
-			return fmt.Errorf("ovsdb-tool create %s: %w: %s", db, err, out)
+		ctx := context.Background()
+		if _, err := runner.Default.Command(ctx, "ovsdb-tool", "create", db, OVSSchema).CombinedOutput(); err != nil {
+			return err
 		}
 		init := `["Open_vSwitch",{"op":"insert","table":"Open_vSwitch","row":{}}]`
-		if out, err := exec.Command("ovsdb-tool", "transact", db, init).CombinedOutput(); err != nil {
+		if _, err := runner.Default.Command(ctx, "ovsdb-tool", "transact", db, init).CombinedOutput(); err != nil {
 			os.Remove(db)
-			return fmt.Errorf("ovsdb-tool transact %s: %w: %s", db, err, out)
+			return err
 		}
 	}
 	// Found on PATH, like ovs-vswitchd, which the supervisor starts the

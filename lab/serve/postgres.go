@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"labctl/lab/runner"
 )
 
 // PostgresBin is the directory of the PostgreSQL server programs (Debian's
@@ -102,10 +103,12 @@ func Postgres(ctx context.Context, o PostgresOptions, log *slog.Logger) error {
 	var runErr error
 	exited := make(chan struct{})
 	go func() {
-		server := pg.command(bin, pgServerArgs(o, sock)...)
-		// Its own IPC namespace: the System V segment PostgreSQL keeps
-		// goes away with its last process, even after a SIGKILL.
-		server.SysProcAttr.Cloneflags = syscall.CLONE_NEWIPC
+		// Not runCtx: RunChild stops it, with SIGINT first.
+		server := pg.command(context.Background(), bin, pgServerArgs(o, sock)...).
+			SetStdout(os.Stderr).SetStderr(os.Stderr).
+			// Its own IPC namespace: the System V segment PostgreSQL keeps
+			// goes away with its last process, even after a SIGKILL.
+			SetSysProcAttr(func(a *syscall.SysProcAttr) { a.Cloneflags = syscall.CLONE_NEWIPC })
 		runErr = RunChild(runCtx, server, syscall.SIGINT, ChildGrace, log)
 		close(exited)
 	}()
@@ -328,32 +331,22 @@ func pgUser() (*pgAccount, error) {
 	return &pgAccount{uid: uid, gid: gid, home: u.HomeDir}, nil
 }
 
-// command runs the PostgreSQL program bin as the postgres user.
-func (a *pgAccount) command(bin string, args ...string) *exec.Cmd {
-	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(a.uid), Gid: uint32(a.gid)}}
-	cmd.Dir = "/" // labctl's own directory may be closed to the postgres user
-	cmd.Env = append(os.Environ(), "HOME="+a.home, "PGCONNECT_TIMEOUT=2")
-	cmd.Stdout = os.Stderr
-	cmd.Stderr = os.Stderr
-	return cmd
+// command runs the PostgreSQL program bin as the postgres user; it is
+// killed when ctx ends.
+func (a *pgAccount) command(ctx context.Context, bin string, args ...string) runner.Cmd {
+	return runner.Default.Command(ctx, bin, args...).
+		SetSysProcAttr(func(attr *syscall.SysProcAttr) {
+			attr.Credential = &syscall.Credential{Uid: uint32(a.uid), Gid: uint32(a.gid)}
+		}).
+		SetDir("/"). // labctl's own directory may be closed to the postgres user
+		SetEnv("HOME="+a.home, "PGCONNECT_TIMEOUT=2")
 }
 
-// run runs the PostgreSQL program name to completion; its output goes
-// into the error.
+// run runs the PostgreSQL program name to completion, killed if ctx ends
+// first; its output goes into the error.
 func (a *pgAccount) run(ctx context.Context, name string, args ...string) error {
-	cmd := a.command(filepath.Join(PostgresBin, name), args...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	stopped := context.AfterFunc(ctx, func() { cmd.Process.Kill() })
-	defer stopped()
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return nil
+	_, err := a.command(ctx, filepath.Join(PostgresBin, name), args...).CombinedOutput()
+	return err
 }
 
 // ownDir creates dir (and its parents) if missing and gives it to the

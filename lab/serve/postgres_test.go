@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"labctl/lab/internal/labtest"
 )
 
 // needPostgres skips unless the PostgreSQL programs are installed (in CI
@@ -23,9 +25,7 @@ import (
 func needPostgres(t *testing.T) {
 	t.Helper()
 	requireBin(t, filepath.Join(PostgresBin, "postgres"))
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run postgres as the postgres user")
-	}
+	labtest.NeedRoot(t, "needs root to run postgres as the postgres user")
 }
 
 // postmasterPID is the PID in dataDir's postmaster.pid.
@@ -47,11 +47,11 @@ func shopConn(t *testing.T, o PostgresOptions) *pgx.Conn {
 	t.Helper()
 	dsn := fmt.Sprintf("host=%s port=%d user=shop dbname=shop sslmode=disable connect_timeout=2", o.Listen, o.Port)
 	var conn *pgx.Conn
-	waitFor(t, 20*time.Second, "connection to "+dsn, func() bool {
+	labtest.WaitFor(t, 20*time.Second, func() bool {
 		var err error
 		conn, err = pgx.Connect(context.Background(), dsn)
 		return err == nil
-	})
+	}, "connection to "+dsn)
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
 }
@@ -66,7 +66,7 @@ func TestPostgresPrimaryAndStandby(t *testing.T) {
 		}
 	}
 	primary := PostgresOptions{
-		DataDir: filepath.Join(dir, "primary"), Listen: "127.0.0.1", Port: freePort(t),
+		DataDir: filepath.Join(dir, "primary"), Listen: "127.0.0.1", Port: labtest.FreePort(t),
 		Allow: []string{"10.20.0.0/16"},
 	}
 	setups := make(chan string, 2)
@@ -83,7 +83,7 @@ func TestPostgresPrimaryAndStandby(t *testing.T) {
 		return nil
 	}
 	standby := PostgresOptions{
-		DataDir: filepath.Join(dir, "standby"), Listen: "127.0.0.1", Port: freePort(t),
+		DataDir: filepath.Join(dir, "standby"), Listen: "127.0.0.1", Port: labtest.FreePort(t),
 		StandbyOf: net.JoinHostPort("127.0.0.1", strconv.Itoa(primary.Port)),
 	}
 	prim := startDaemon(t, func(ctx context.Context, log *slog.Logger) error { return Postgres(ctx, primary, log) })
@@ -108,13 +108,13 @@ func TestPostgresPrimaryAndStandby(t *testing.T) {
 	if _, err := pconn.Exec(ctx, "INSERT INTO t VALUES (42)"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "row from the primary on the standby", func() bool {
+	labtest.WaitFor(t, 10*time.Second, func() bool {
 		var n int
 		if err := sconn.QueryRow(ctx, "SELECT count(*) FROM t WHERE v = 42").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n == 1
-	})
+	}, "row from the primary on the standby")
 	_, err := sconn.Exec(ctx, "INSERT INTO t VALUES (1)")
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "25006" {

@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"testing"
 	"time"
+
+	"labctl/lab/internal/labtest"
 )
 
 func TestPatternIsRepeatableAndVaries(t *testing.T) {
@@ -32,17 +33,13 @@ func TestPatternIsRepeatableAndVaries(t *testing.T) {
 }
 
 func TestHTTPBytes(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := labtest.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- HTTP(ctx, addr, "", slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 	defer func() { cancel(); <-done }()
 	var resp *http.Response
+	var err error
 	for i := 0; i < 50; i++ {
 		if resp, err = http.Get(fmt.Sprintf("http://%s/bytes/100000", addr)); err == nil {
 			break

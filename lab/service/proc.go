@@ -6,43 +6,61 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"labctl/lab/netns"
+	"labctl/lab/runner"
 	"labctl/lab/topology"
 )
 
-// OSProc is the real process layer. Services run through `ip netns exec`,
-// which enters the namespace, bind-mounts /etc/netns/<ns>/ files over /etc
-// and remounts /sys, then execs the command (so the PID is the service's).
-type OSProc struct{}
+// OSProc is the real process layer. Services run through `ip netns exec`
+// (runner.InNetns), which enters the namespace, bind-mounts
+// /etc/netns/<ns>/ files over /etc and remounts /sys, then execs the
+// command (so the PID is the service's).
+type OSProc struct {
+	// Cmder makes the commands (nil: runner.Default). Start needs real
+	// processes; Probe's exec check also runs on runnertest.Fake.
+	Cmder runner.Cmder
+}
+
+func (p OSProc) in(ns string) runner.Cmder {
+	if p.Cmder == nil {
+		return runner.InNetns(ns)
+	}
+	return runner.Netns(p.Cmder, ns)
+}
 
 // Start implements Proc.
-func (OSProc) Start(ns string, argv, env []string, logPath string) (int, error) {
+func (p OSProc) Start(ns string, argv, env []string, logPath string) (int, error) {
+	if len(argv) == 0 {
+		return 0, fmt.Errorf("namespace %s: no command to start", ns)
+	}
 	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
 	}
 	defer log.Close()
 	fmt.Fprintf(log, "--- %s labctl: starting %s in %s\n", time.Now().UTC().Format(time.RFC3339), strings.Join(argv, " "), ns)
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Dir = "/"
-	// Its own session: the service outlives labctl and ignores its terminal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	// Not a caller's context: the service outlives labctl.
+	svc := p.in(ns).Command(context.Background(), argv[0], argv[1:]...).
+		SetEnv(env...).SetStdout(log).SetStderr(log).SetDir("/").
+		// Its own session: the service outlives labctl and ignores its terminal.
+		SetSysProcAttr(func(a *syscall.SysProcAttr) { a.Setsid = true })
+	if err := svc.Start(); err != nil {
 		return 0, err
+	}
+	cmd := svc.Exec() // the process, for its PID and how it ended
+	if cmd == nil {
+		return 0, fmt.Errorf("namespace %s: %s: not a local command", ns, strings.Join(argv, " "))
 	}
 	pid := cmd.Process.Pid
 	// Reap it if it ends while labctl still runs, and say how it ended:
 	// a service that dies while starting is otherwise a silent log.
 	go func() {
-		cmd.Wait()
+		svc.Wait()
 		if f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
 			fmt.Fprintf(f, "--- %s labctl: pid %d ended: %s\n", time.Now().UTC().Format(time.RFC3339), pid, cmd.ProcessState)
 			f.Close()
@@ -129,7 +147,7 @@ func readStat(path string) ([]string, error) {
 func (OSProc) Signal(pid int, sig syscall.Signal) error { return netns.Signal(pid, sig) }
 
 // Probe implements Proc.
-func (OSProc) Probe(ctx context.Context, ns string, r *topology.Ready) error {
+func (p OSProc) Probe(ctx context.Context, ns string, r *topology.Ready) error {
 	switch {
 	case r.TCP != "":
 		addr, err := topology.ReadyAddr(r.TCP)
@@ -147,11 +165,8 @@ func (OSProc) Probe(ctx context.Context, ns string, r *topology.Ready) error {
 	case len(r.Exec) > 0:
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, r.Exec...)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%s: %v: %s", strings.Join(r.Exec, " "), err, strings.TrimSpace(string(out)))
-		}
-		return nil
+		_, err := p.in(ns).Command(ctx, r.Exec[0], r.Exec[1:]...).CombinedOutput()
+		return err // the command, its exit status and its output
 	case r.File != "":
 		_, err := os.Stat(r.File)
 		return err

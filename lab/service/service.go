@@ -91,6 +91,13 @@ func (s *Supervisor) recordPath(node, svc string) string {
 	return filepath.Join(s.Dir, node+"."+svc+".json")
 }
 
+// ConfigPath is where a service's Config is written for it to read: a
+// directory of its own beside the records (Records reads every JSON file
+// of Dir as one).
+func (s *Supervisor) ConfigPath(node, svc string) string {
+	return filepath.Join(s.Dir, "config", node+"."+svc+".json")
+}
+
 // LogPath is where a service's output goes.
 func (s *Supervisor) LogPath(node, svc string) string {
 	return filepath.Join(s.LogDir, node+"."+svc+".log")
@@ -175,6 +182,16 @@ func (s *Supervisor) spawn(t *topology.Topology, node, name string, prev *Record
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return Record{}, err
 		}
+	}
+	if svc.Config != nil {
+		path := s.ConfigPath(node, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return Record{}, err
+		}
+		if err := state.WriteJSON(path, svc.Config); err != nil {
+			return Record{}, fmt.Errorf("start %s/%s: config: %w", node, name, err)
+		}
+		argv = append(argv, topology.ConfigFlag, path)
 	}
 	rec := Record{Node: node, Service: name, NS: ns, Hash: plan.ServiceHash(svc), Command: argv,
 		Log: s.LogPath(node, name), Started: time.Now().UTC()}

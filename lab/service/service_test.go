@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -731,5 +732,41 @@ func TestStartCancelled(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("cancelled Start took %s", d)
+	}
+}
+
+// A service with a Config gets it as a file and `--config FILE` after its
+// command; the file is not mistaken for a record, and a changed config
+// changes the service's hash (so up restarts it).
+func TestConfigFile(t *testing.T) {
+	s := svc([]string{"labctl", "serve", "bgp"})
+	s.Ready = nil
+	s.Config = json.RawMessage(`{"asn":64500}`)
+	top := lab(t, map[string]map[string]*topology.Service{"r": {"bgp": s}})
+	f := newFake(top, nil)
+	sup := supervisor(t, f)
+	if _, err := sup.Start(context.Background(), top, "r", "bgp"); err != nil {
+		t.Fatal(err)
+	}
+	path := sup.ConfigPath("r", "bgp")
+	if got := f.starts[0].Argv; !slices.Equal(got, []string{"/opt/labctl/bin/labctl", "serve", "bgp", topology.ConfigFlag, path}) {
+		t.Errorf("argv %q", got)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]int
+	if err := json.Unmarshal(b, &back); err != nil || back["asn"] != 64500 {
+		t.Errorf("config file %s: %v %s", path, err, b)
+	}
+	recs, err := sup.Records()
+	if err != nil || len(recs) != 1 || recs[0].Key() != "r/bgp" {
+		t.Errorf("records %+v %v", recs, err)
+	}
+	h := plan.ServiceHash(s)
+	s.Config = json.RawMessage(`{"asn":64501}`)
+	if plan.ServiceHash(s) == h {
+		t.Error("a changed config keeps the service's hash")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/plan"
 	"labctl/lab/service"
 	"labctl/lab/topology"
@@ -101,11 +102,7 @@ func (r *watchRig) record(key string) service.Record {
 
 func (r *watchRig) waitFor(what string, cond func() bool) {
 	r.t.Helper()
-	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(end) {
-			r.t.Fatalf("%s: not within 10s", what)
-		}
-	}
+	labtest.WaitEvery(r.t, 10*time.Second, time.Millisecond, cond, what)
 }
 
 func (r *watchRig) starts(key string) []startCall {

@@ -61,7 +61,7 @@ func Parse(data []byte, file string) (*Topology, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.Validate(); err != nil {
+	if err := t.checkExpand(); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -102,7 +102,7 @@ func DecodeLimits(data []byte, file string, lim Limits) (*Topology, error) {
 		return nil, Problems{*p}
 	}
 	var t Topology
-	if pr, ok := unmarshal(f, &t, file); !ok {
+	if pr, ok := decodeParts(f, &t, file); !ok {
 		return nil, Problems{pr}
 	}
 	if len(f.Docs) > 1 {

@@ -170,6 +170,18 @@ func checkDomain(s string) (string, string) {
 	return fq, ""
 }
 
+// CheckDomain checks a domain name written in the topology and returns it
+// fully qualified, or a message saying what is wrong (for the parts'
+// checks).
+func CheckDomain(s string) (fq, msg string) { return checkDomain(s) }
+
+// UnderReserved reports whether the fully qualified name fq is one of the
+// reserved TLDs or lies under one; ReservedWhy says why lab names must be.
+func UnderReserved(fq string) bool { return underReserved(fq) }
+
+// ReservedWhy explains why lab names live under reserved TLDs.
+func ReservedWhy() string { return reservedWhy }
+
 // underReserved reports whether the fully qualified name fq is one of the
 // reserved TLDs or lies under one.
 func underReserved(fq string) bool {
@@ -217,7 +229,7 @@ func dnsAddr(name string, n *Node) (netip.Addr, string) {
 	if k, _ := KindOf(n.Kind); k.Bridge {
 		return netip.Addr{}, fmt.Sprintf("node %s is a switch: it has no addresses to serve DNS on", name)
 	}
-	a, ok := defaultRouterID(n)
+	a, ok := LowestIPv4(n)
 	if !ok {
 		return netip.Addr{}, fmt.Sprintf("node %s has no IPv4 address to serve DNS on", name)
 	}
@@ -411,7 +423,7 @@ func (w *dnsWorld) hints() []dns.Hint {
 
 // dnsService reports whether s is the service expandDNS writes.
 func dnsService(s *Service) bool {
-	return s != nil && len(s.Command) == 5 && slices.Equal(s.Command[:4], []string{"labctl", "serve", "dns", "--config"})
+	return s != nil && s.Config != nil && slices.Equal(s.Command, []string{"labctl", "serve", "dns"})
 }
 
 // servesDNS reports whether a node gets the dns service.
@@ -1115,7 +1127,8 @@ func (t *Topology) expandDNS() {
 			n.Services = map[string]*Service{}
 		}
 		n.Services[DNSService] = &Service{
-			Command: []string{"labctl", "serve", "dns", "--config", string(b)},
+			Command: []string{"labctl", "serve", "dns"},
+			Config:  b,
 			Ready:   &Ready{TCP: ready},
 		}
 	}

@@ -147,7 +147,7 @@ func ParseContext(ctx context.Context, data []byte, file string, lim Limits) (*T
 	go func() {
 		t, err := DecodeLimits(data, file, lim)
 		if err == nil {
-			err = t.Validate()
+			err = t.checkExpand()
 		}
 		if err != nil {
 			t = nil

@@ -5,6 +5,7 @@
 package topology
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -23,8 +24,8 @@ type Topology struct {
 	VPCs map[string]*VPC `yaml:"vpcs,omitempty" json:"vpcs,omitempty"`
 	// Zones are the lab's DNS zones by name, "." for the root (see dns.go).
 	Zones map[string]*Zone `yaml:"zones,omitempty" json:"zones,omitempty"`
-	// PKI is the lab's certificate authority (see pki.go).
-	PKI *PKI `yaml:"pki,omitempty" json:"pki,omitempty"`
+	// Parts holds the top-level blocks of registered lab parts (parts.go).
+	Parts Blocks `yaml:"-" json:"parts,omitempty"`
 
 	// File is the path the topology was read from ("" when generated).
 	File     string `yaml:"-" json:"-"`
@@ -50,10 +51,6 @@ type Node struct {
 	SNAT     string `yaml:"snat,omitempty" json:"snat,omitempty"`         // vrouter: source address of the VPC's other outbound traffic
 	Datapath string `yaml:"datapath,omitempty" json:"datapath,omitempty"` // ovs-host: auto (default), netdev or system
 
-	// The internet (kind router; see bgp.go).
-	BGP   *BGP   `yaml:"bgp,omitempty" json:"bgp,omitempty"`     // a BGP speaker
-	CGNAT *CGNAT `yaml:"cgnat,omitempty" json:"cgnat,omitempty"` // carrier-grade NAT of subscribers
-
 	// The DNS world (see dns.go); a node serving zones is named in their ns.
 	Resolver *Resolver `yaml:"resolver,omitempty" json:"resolver,omitempty"` // a caching recursive resolver
 	HTTPDNS  *HTTPDNS  `yaml:"httpdns,omitempty" json:"httpdns,omitempty"`   // an HTTPDNS endpoint
@@ -61,6 +58,9 @@ type Node struct {
 	// OVS is an ovs-host's switch configuration, resolved from the VPCs
 	// and the nodes attached to it.
 	OVS *OVS `yaml:"-" json:"ovs,omitempty"`
+
+	// Parts holds the node's blocks of registered lab parts (parts.go).
+	Parts Blocks `yaml:"-" json:"parts,omitempty"`
 
 	Name string `yaml:"-" json:"-"`
 }
@@ -108,7 +108,16 @@ type Service struct {
 	// Early services are part of the node's network (an ovs-host's Open
 	// vSwitch daemons): they start before addresses are set.
 	Early bool `yaml:"-" json:"early,omitempty"`
+	// Config is the daemon's typed configuration as JSON, set by the part
+	// whose expansion made the service (never written in a file): the
+	// supervisor writes it to a file in the lab's state directory and
+	// passes `--config FILE` after Command. It is part of the service's
+	// hash, so a changed configuration restarts the daemon.
+	Config json.RawMessage `yaml:"-" json:"config,omitempty"`
 }
+
+// ConfigFlag is the flag that passes a service's Config file.
+const ConfigFlag = "--config"
 
 // Ready says when a service counts as started. At most one of TCP, Exec
 // and File is set; with none, a service is ready once its process runs.
@@ -162,6 +171,7 @@ type Kind struct {
 	OVS        bool // runs its own Open vSwitch; its NICs are OVS ports
 	Attached   bool // lives on an ovs-host: its interfaces plug into the host's OVS
 	Doc        string
+	Part       string // the lab part that declares it ("" for the base kinds)
 }
 
 // kinds is the one place node kinds are registered.
@@ -177,13 +187,23 @@ var kinds = map[string]Kind{
 		Doc: "a VPC's virtual router on an ovs-host (like Neutron's qrouter): a leg per subnet holding its gateway address; with nat: the gateway of public IPs"},
 }
 
-// KindOf returns the registered kind of a node.
-func KindOf(name string) (Kind, bool) { k, ok := kinds[name]; return k, ok }
+// KindOf returns the registered kind of a node: a base kind or one a
+// registered lab part declares.
+func KindOf(name string) (Kind, bool) {
+	if k, ok := kinds[name]; ok {
+		return k, true
+	}
+	k, ok := partKinds()[name]
+	return k, ok
+}
 
 // KindNames lists the registered node kinds, sorted.
 func KindNames() []string {
 	out := make([]string, 0, len(kinds))
 	for k := range kinds {
+		out = append(out, k)
+	}
+	for k := range partKinds() {
 		out = append(out, k)
 	}
 	sort.Strings(out)

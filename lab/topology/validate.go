@@ -45,8 +45,32 @@ func (c *checker) addAtKey(p path, format string, args ...any) {
 }
 
 // Validate checks the whole topology and returns every problem found, as
-// Problems sorted by position, or nil.
+// Problems sorted by position, or nil. It does not change t: the lab as it
+// will be built is checked on a copy (see Expand).
 func (t *Topology) Validate() error {
+	_, err := t.Expand()
+	return err
+}
+
+// Expand checks the topology and returns the lab as it will be built: a
+// copy with the cloud declarations, the BGP speakers, the DNS servers and
+// every registered part's blocks resolved into plain nodes, links,
+// addresses, routes and services. t is not changed. The error is Problems.
+func (t *Topology) Expand() (*Topology, error) {
+	x, err := t.clone()
+	if err != nil {
+		return nil, err
+	}
+	if err := x.checkExpand(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// checkExpand checks t, expands it in place once the declarations are
+// sound, and checks the expanded lab: the two steps of Expand on a
+// topology the caller owns (Parse's).
+func (t *Topology) checkExpand() error {
 	c := &checker{t: t}
 	c.lab()
 	for _, name := range t.NodeNames() {
@@ -54,9 +78,8 @@ func (t *Topology) Validate() error {
 	}
 	used := c.links()
 	c.region()
-	c.bgp()
 	c.dns()
-	c.pki()
+	c.checkParts()
 	if len(c.probs) == 0 {
 		// The rest checks the lab as it will be built, with the cloud
 		// declarations and the BGP speakers resolved; the new links are
@@ -64,8 +87,8 @@ func (t *Topology) Validate() error {
 		c.underlay()
 		if len(c.probs) == 0 && !t.expanded {
 			t.expand()
-			t.expandBGP()
 			t.expandDNS()
+			t.expandParts()
 			c.links()
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/serve"
 	"labctl/lab/shop/api"
 	"labctl/lab/shop/registry"
@@ -108,10 +109,10 @@ func TestDialBalancesAndFollowsTheRegistry(t *testing.T) {
 	defer conn.Close()
 	coupon := api.NewCouponClient(conn)
 
-	waitFor(t, 5*time.Second, "both instances answering", func() bool {
+	labtest.WaitEvery(t, 5*time.Second, 20*time.Millisecond, func() bool {
 		seen := redeem(t, coupon, 4)
 		return seen["east-app1"] > 0 && seen["east-app2"] > 0
-	})
+	}, "both instances answering")
 	seen := redeem(t, coupon, 40)
 	if seen["east-app1"] != 20 || seen["east-app2"] != 20 {
 		t.Fatalf("40 calls went %v, want 20 each (round robin)", seen)
@@ -123,7 +124,7 @@ func TestDialBalancesAndFollowsTheRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, time.Second, "east-app1 dropped", func() bool { return redeem(t, coupon, 10)["east-app2"] == 10 })
+	labtest.WaitEvery(t, time.Second, 20*time.Millisecond, func() bool { return redeem(t, coupon, 10)["east-app2"] == 10 }, "east-app1 dropped")
 	t.Logf("dropped %v after Close", time.Since(start))
 	if seen := redeem(t, coupon, 20); seen["east-app2"] != 20 {
 		t.Fatalf("after Close: %v", seen)
@@ -135,7 +136,7 @@ func TestDialBalancesAndFollowsTheRegistry(t *testing.T) {
 	// Back again.
 	a = register(t, cli, couponServer(t, "east-app1"), "east-app1", 5*time.Second)
 	defer a.Close()
-	waitFor(t, 5*time.Second, "east-app1 back", func() bool { return redeem(t, coupon, 10)["east-app1"] > 0 })
+	labtest.WaitEvery(t, 5*time.Second, 20*time.Millisecond, func() bool { return redeem(t, coupon, 10)["east-app1"] > 0 }, "east-app1 back")
 }
 
 // TestRegisterWaitsForEtcd: an instance that starts before its etcd
@@ -212,7 +213,7 @@ func TestDeadInstanceExpires(t *testing.T) {
 	}
 	cancel() // the keepalives stop, as when the process dies
 	start := time.Now()
-	waitFor(t, ttl+time.Second, "the entry expired", func() bool { return len(mustList(t, cli)) == 0 })
+	labtest.WaitEvery(t, ttl+time.Second, 20*time.Millisecond, func() bool { return len(mustList(t, cli)) == 0 }, "the entry expired")
 	t.Logf("expired %v after the keepalives stopped", time.Since(start))
 	if err := r.Close(); err != nil {
 		t.Fatalf("Close of an expired registration: %v", err)
@@ -235,10 +236,10 @@ func TestRegistrationSurvivesLostLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, 3*time.Second, "the entry back under a new lease", func() bool {
+	labtest.WaitEvery(t, 3*time.Second, 20*time.Millisecond, func() bool {
 		l := leaseOf(t, cli, key)
 		return l != 0 && l != lease
-	})
+	}, "the entry back under a new lease")
 	t.Logf("registered again %v after the lease was lost", time.Since(start))
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
@@ -327,17 +328,6 @@ func leaseOf(t *testing.T, cli *clientv3.Client, key string) clientv3.LeaseID {
 	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }
 
-// waitFor polls ok until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
-	t.Helper()
-	for end := time.Now().Add(timeout); !ok(); {
-		if time.Now().After(end) {
-			t.Fatalf("no %s after %v", what, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestRegistrationSurvivesStalledEtcd stops etcd for longer than the
 // lease's ttl: the registration must come back under a new lease once etcd
 // runs again, and stay.
@@ -362,10 +352,10 @@ func TestRegistrationSurvivesStalledEtcd(t *testing.T) {
 	}
 	start := time.Now()
 	var now clientv3.LeaseID
-	waitFor(t, 3*time.Second, "the entry under a new lease", func() bool {
+	labtest.WaitEvery(t, 3*time.Second, 20*time.Millisecond, func() bool {
 		now = leaseOf(t, cli, key)
 		return now != 0 && now != lease
-	})
+	}, "the entry under a new lease")
 	t.Logf("registered again %v after etcd resumed", time.Since(start))
 	time.Sleep(ttl + ttl/2)
 	if l := leaseOf(t, cli, key); l != now {

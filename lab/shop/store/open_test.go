@@ -15,19 +15,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-)
 
-// closedPort is a TCP port on 127.0.0.1 nothing listens on.
-func closedPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return port
-}
+	"labctl/lab/internal/labtest"
+)
 
 // fakeRefusingServer answers every connection's startup message as a
 // server refusing the role would: a FATAL error with SQLSTATE code.
@@ -87,7 +77,7 @@ func fakeRefusingServer(t *testing.T, code, msg string) int {
 // schema"; Open, which waits for a database being started, says the same
 // when its time is up.
 func TestConnectUnreachable(t *testing.T) {
-	port := closedPort(t)
+	port := labtest.FreePort(t)
 	missing := filepath.Join(t.TempDir(), "no-such-dir")
 	for _, c := range []struct{ dsn, where, cause string }{
 		{fmt.Sprintf("host=127.0.0.1 port=%d user=shop dbname=shop sslmode=disable", port), fmt.Sprintf("127.0.0.1:%d", port), "connection refused"},

@@ -1,14 +1,18 @@
-package topology
+package bgp
 
 import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"labctl/lab/component"
+	"labctl/lab/topology"
 )
 
 // bgpLab is three routers in two ASes. a1 and a2 (AS 64500, export own)
@@ -60,40 +64,40 @@ links:
 `
 
 func TestBGPExpands(t *testing.T) {
-	top, err := Parse([]byte(bgpLab), "bgp.yaml")
+	top, err := topology.Parse([]byte(bgpLab), "bgp.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sec := func(n int) Duration { return Duration(time.Duration(n) * time.Second) }
-	want := map[string]*BGP{
+	sec := func(n int) topology.Duration { return topology.Duration(time.Duration(n) * time.Second) }
+	want := map[string]*Config{
 		"a1": {ASN: 64500, RouterID: "10.0.0.1", Networks: []string{"203.0.113.0/24"}, Export: ExportOwn,
-			Neighbors: []*BGPNeighbor{{Address: "192.0.2.2", ASN: 64500, Node: "a2", Local: "10.0.0.1"}},
-			Timers:    &BGPTimers{ConnectRetry: sec(DefaultRetry), Hold: sec(9), Keepalive: sec(DefaultKeepalive)},
+			Neighbors: []*Peer{{Address: "192.0.2.2", ASN: 64500, Node: "a2", Local: "10.0.0.1"}},
+			Timers:    &Timers{ConnectRetry: sec(DefaultRetry), Hold: sec(9), Keepalive: sec(DefaultKeepalive)},
 			Own:       []string{"192.0.2.0/24", "203.0.113.0/24"}},
 		"a2": {ASN: 64500, RouterID: "10.0.0.2", Networks: []string{"203.0.113.0/24", "192.0.2.0/24"}, Export: ExportOwn,
-			Neighbors: []*BGPNeighbor{
+			Neighbors: []*Peer{
 				// a1 knows a2 by its loopback: the session starts from there.
 				{Address: "10.0.0.1", ASN: 64500, NextHopSelf: true, Node: "a1", Local: "192.0.2.2"},
 				{Address: "198.51.100.2", ASN: 64501, Node: "b1", Local: "198.51.100.1"},
 			},
-			Timers: &BGPTimers{ConnectRetry: sec(DefaultRetry), Hold: sec(DefaultHold), Keepalive: sec(DefaultKeepalive)},
+			Timers: &Timers{ConnectRetry: sec(DefaultRetry), Hold: sec(DefaultHold), Keepalive: sec(DefaultKeepalive)},
 			Own:    []string{"192.0.2.0/24", "203.0.113.0/24"}},
 		"b1": {ASN: 64501, RouterID: "192.0.2.99", Networks: []string{"198.18.0.0/15"}, Export: ExportAll,
-			Neighbors: []*BGPNeighbor{{Address: "198.51.100.1", ASN: 64500, Node: "a2", Local: "198.51.100.2"}},
-			Timers:    &BGPTimers{ConnectRetry: sec(DefaultRetry), Hold: sec(DefaultHold), Keepalive: sec(DefaultKeepalive)}},
+			Neighbors: []*Peer{{Address: "198.51.100.1", ASN: 64500, Node: "a2", Local: "198.51.100.2"}},
+			Timers:    &Timers{ConnectRetry: sec(DefaultRetry), Hold: sec(DefaultHold), Keepalive: sec(DefaultKeepalive)}},
 	}
 	for _, name := range []string{"a1", "a2", "b1"} {
 		n := top.Nodes[name]
 		w := want[name]
-		w.API = "unix://" + BGPSocket("bgp-unit", name)
-		if !reflect.DeepEqual(n.BGP, w) {
-			g, _ := json.Marshal(n.BGP)
+		w.API = "unix://" + Socket("bgp-unit", name)
+		if !reflect.DeepEqual(Of(n), w) {
+			g, _ := json.Marshal(Of(n))
 			e, _ := json.Marshal(w)
 			t.Errorf("%s: resolved bgp\n got %s\nwant %s", name, g, e)
 		}
-		svc := n.Services[BGPService]
+		svc := n.Services[Service]
 		if svc == nil {
-			t.Fatalf("%s has no %s service: %v", name, BGPService, slices.Collect(func(yield func(string) bool) {
+			t.Fatalf("%s has no %s service: %v", name, Service, slices.Collect(func(yield func(string) bool) {
 				for k := range n.Services {
 					if !yield(k) {
 						return
@@ -101,20 +105,17 @@ func TestBGPExpands(t *testing.T) {
 				}
 			}))
 		}
-		if len(svc.Command) != 5 || !slices.Equal(svc.Command[:4], []string{"labctl", "serve", "bgp", "--config"}) {
-			t.Fatalf("%s: command %q", name, svc.Command)
+		if !slices.Equal(svc.Command, []string{"labctl", "serve", "bgp"}) || svc.Config == nil {
+			t.Fatalf("%s: command %q, config %s", name, svc.Command, svc.Config)
 		}
-		if strings.Contains(svc.Command[4], "\n") {
-			t.Errorf("%s: the config is not compact JSON: %s", name, svc.Command[4])
-		}
-		var cfg BGP
-		if err := json.Unmarshal([]byte(svc.Command[4]), &cfg); err != nil {
-			t.Fatalf("%s: config does not decode: %v\n%s", name, err, svc.Command[4])
+		var cfg Config
+		if err := json.Unmarshal(svc.Config, &cfg); err != nil {
+			t.Fatalf("%s: config does not decode: %v\n%s", name, err, svc.Config)
 		}
 		if !reflect.DeepEqual(&cfg, w) {
 			t.Errorf("%s: config decodes to %+v, want %+v", name, cfg, *w)
 		}
-		if svc.Ready == nil || svc.Ready.File != BGPSocket("bgp-unit", name) || svc.Early || len(svc.After) != 0 {
+		if svc.Ready == nil || svc.Ready.File != Socket("bgp-unit", name) || svc.Early || len(svc.After) != 0 {
 			t.Errorf("%s: service %+v ready %+v", name, svc, svc.Ready)
 		}
 	}
@@ -128,17 +129,17 @@ func TestBGPExpands(t *testing.T) {
 	if err := top.Validate(); err != nil {
 		t.Fatalf("third Validate: %v", err)
 	}
-	top.expandBGP()
+	expand(top)
 	after, _ := json.Marshal(top)
 	if string(before) != string(after) {
 		t.Fatalf("validating again changed the lab:\n was %s\n now %s", before, after)
 	}
 	// a1's static route is what makes a2's loopback an iBGP neighbor.
 	noRoute := strings.Replace(bgpLab, "    routes: [{to: 192.0.2.2/32, via: 10.0.0.2}]\n", "", 1)
-	if _, err := Parse([]byte(noRoute), "bgp.yaml"); err == nil || !strings.Contains(err.Error(), "nodes.a1.bgp.neighbors[0].address: iBGP neighbor 192.0.2.2 is on no subnet connected to node a1") {
+	if _, err := topology.Parse([]byte(noRoute), "bgp.yaml"); err == nil || !strings.Contains(err.Error(), "nodes.a1.bgp.neighbors[0].address: iBGP neighbor 192.0.2.2 is on no subnet connected to node a1") {
 		t.Errorf("without the static route: %v", err)
 	}
-	again, err := Parse([]byte(bgpLab), "bgp.yaml")
+	again, err := topology.Parse([]byte(bgpLab), "bgp.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,21 +152,21 @@ func TestBGPExpands(t *testing.T) {
 // error, the speaker's is not.
 func TestBGPServiceNameAfterExpansion(t *testing.T) {
 	src := strings.Replace(bgpLab, "  b1:\n    kind: router\n    interfaces:\n      eth0: {addresses: [198.51.100.2/30]}\n    bgp:", "  b1:\n    kind: router\n    interfaces:\n      eth0: {addresses: [198.51.100.2/30]}\n    services:\n      bgp: {command: [bird]}\n    bgp:", 1)
-	_, err := Parse([]byte(src), "bgp.yaml")
-	var ps Problems
+	_, err := topology.Parse([]byte(src), "bgp.yaml")
+	var ps topology.Problems
 	if !errors.As(err, &ps) || len(ps) != 1 || ps[0].Field != "nodes.b1.services.bgp" {
 		t.Fatalf("want one problem at nodes.b1.services.bgp, got %v", err)
 	}
 }
 
 func TestBGPSocketPathLimit(t *testing.T) {
-	old := RunDir
-	t.Cleanup(func() { RunDir = old })
-	RunDir = "/" + strings.Repeat("d", 100)
-	_, err := Parse([]byte(bgpLab), "bgp.yaml")
-	var ps Problems
+	old := topology.RunDir
+	t.Cleanup(func() { topology.RunDir = old })
+	topology.RunDir = "/" + strings.Repeat("d", 100)
+	_, err := topology.Parse([]byte(bgpLab), "bgp.yaml")
+	var ps topology.Problems
 	if !errors.As(err, &ps) {
-		t.Fatalf("want Problems, got %v", err)
+		t.Fatalf("want topology.Problems, got %v", err)
 	}
 	var fields []string
 	for _, p := range ps {
@@ -179,10 +180,10 @@ func TestBGPSocketPathLimit(t *testing.T) {
 	}
 }
 
-// TestBGPSocketFits: with the name limits and the default RunDir, every
+// TestBGPSocketFits: with the name limits and the default topology.RunDir, every
 // speaker's socket fits.
 func TestBGPSocketFits(t *testing.T) {
-	if l := len(BGPSocket(strings.Repeat("l", MaxLabName), strings.Repeat("n", MaxNodeName))); l > maxSocketPath {
+	if l := len(Socket(strings.Repeat("l", topology.MaxLabName), strings.Repeat("n", topology.MaxNodeName))); l > topology.MaxSocketPath {
 		t.Fatalf("longest socket path is %d bytes", l)
 	}
 }
@@ -193,25 +194,25 @@ func TestInternetTopology(t *testing.T) {
 	if _, err := os.Stat(file); err != nil {
 		t.Skip(err)
 	}
-	top, err := Load(file)
+	top, err := topology.Load(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range top.NodeNames() {
 		n := top.Nodes[name]
-		if n.BGP == nil {
+		if Of(n) == nil {
 			continue
 		}
-		if n.Services[BGPService] == nil || n.BGP.RouterID == "" || n.BGP.API == "" {
-			t.Errorf("%s: not expanded: %+v", name, n.BGP)
+		if n.Services[Service] == nil || Of(n).RouterID == "" || Of(n).API == "" {
+			t.Errorf("%s: not expanded: %+v", name, Of(n))
 		}
-		for _, nb := range n.BGP.Neighbors {
-			if nb.Node == "" || top.Nodes[nb.Node].BGP == nil {
+		for _, nb := range Of(n).Neighbors {
+			if nb.Node == "" || Of(top.Nodes[nb.Node]) == nil {
 				t.Errorf("%s: neighbor %s resolves to %q", name, nb.Address, nb.Node)
 			}
 		}
-		if (n.BGP.Export == ExportOwn) != (n.BGP.Own != nil) {
-			t.Errorf("%s: export %s with own %v", name, n.BGP.Export, n.BGP.Own)
+		if (Of(n).Export == ExportOwn) != (Of(n).Own != nil) {
+			t.Errorf("%s: export %s with own %v", name, Of(n).Export, Of(n).Own)
 		}
 	}
 	if err := top.Validate(); err != nil {
@@ -234,20 +235,50 @@ func TestDocsBGPExample(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatalf("%s: no yaml block under Routers that speak BGP", referencePath)
 	}
-	top, err := Parse([]byte(example), "docs/topology.md#bgp")
+	top, err := topology.Parse([]byte(example), "docs/topology.md#bgp")
 	if err != nil {
 		t.Fatalf("the BGP example does not parse:\n%v", err)
 	}
-	a1, a2 := top.Nodes["a1"].BGP, top.Nodes["a2"].BGP
+	a1, a2 := Of(top.Nodes["a1"]), Of(top.Nodes["a2"])
 	if a1.RouterID != "10.0.0.1" || a2.RouterID != "10.0.0.2" {
 		t.Errorf("router IDs %s, %s", a1.RouterID, a2.RouterID)
 	}
-	for _, x := range []*BGP{a1, a2} {
+	for _, x := range []*Config{a1, a2} {
 		if !slices.Equal(x.Own, []string{"203.0.113.0/24"}) {
 			t.Errorf("own %v", x.Own)
 		}
 	}
-	if cmd := top.Nodes["a1"].Services[BGPService].Command; !strings.HasPrefix(cmd[4], `{"asn":64500,"router_id":"10.0.0.1",`) {
-		t.Errorf("a1's config %s", cmd[4])
+	if cfg := top.Nodes["a1"].Services[Service].Config; !strings.HasPrefix(string(cfg), `{"asn":64500,"router_id":"10.0.0.1",`) {
+		t.Errorf("a1's config %s", cfg)
+	}
+}
+
+const referencePath = "../../docs/topology.md"
+
+func TestMain(m *testing.M) {
+	component.Register(Part{})
+	os.Exit(m.Run())
+}
+
+// The bgp and cgnat blocks' malformed files fail with exactly the problems
+// recorded beside them.
+func TestBadBlocks(t *testing.T) {
+	files, err := filepath.Glob("testdata/bad/*.yaml")
+	if err != nil || len(files) < 30 {
+		t.Fatalf("corpus: %d files, %v", len(files), err)
+	}
+	for _, file := range files {
+		_, err := topology.Load(file)
+		if err == nil {
+			t.Errorf("%s loaded without error", file)
+			continue
+		}
+		want, rerr := os.ReadFile(strings.TrimSuffix(file, ".yaml") + ".err")
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if got := err.Error() + "\n"; got != string(want) {
+			t.Errorf("%s:\n got %s\nwant %s", file, got, want)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package engine
+package bgp
 
 import (
 	"context"
@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
-	"labctl/lab/bgp"
 	"labctl/lab/state"
 	"labctl/lab/topology"
 )
@@ -17,13 +17,13 @@ import (
 // Speaker is one router's BGP speaker as it reports itself: its sessions,
 // its RIB and the routes it installed in the kernel.
 type Speaker struct {
-	Node      string         `json:"node"`
-	ASN       uint32         `json:"asn"`
-	RouterID  string         `json:"router_id"`
-	Neighbors []bgp.Neighbor `json:"neighbors"`
-	RIB       []bgp.Path     `json:"rib"`
-	FIB       []bgp.Route    `json:"fib"`
-	Error     string         `json:"error,omitempty"`
+	Node      string     `json:"node"`
+	ASN       uint32     `json:"asn"`
+	RouterID  string     `json:"router_id"`
+	Neighbors []Neighbor `json:"neighbors"`
+	RIB       []Path     `json:"rib"`
+	FIB       []Route    `json:"fib"`
+	Error     string     `json:"error,omitempty"`
 	// Cut lists the neighbors whose session runs over a link cut with
 	// `labctl link down`: expected down, they do not hold back
 	// convergence (CutSessions).
@@ -61,8 +61,8 @@ func (s *Speaker) Converged() bool {
 
 // Down lists the sessions not established that should be: all but those
 // over a cut link.
-func (s *Speaker) Down() []bgp.Neighbor {
-	var out []bgp.Neighbor
+func (s *Speaker) Down() []Neighbor {
+	var out []Neighbor
 	for _, nb := range s.Neighbors {
 		if nb.State != "established" && !s.IsCut(nb.Address) {
 			out = append(out, nb)
@@ -92,13 +92,16 @@ func (s *Speaker) IsCut(addr string) bool {
 // on an interface at one end of a cut link. They are expected down.
 func CutSessions(t *topology.Topology, cut [][2]string) map[string][]string {
 	out := map[string][]string{}
-	ends := cutEnds(cut)
+	ends := map[string]bool{}
+	for _, c := range cut {
+		ends[c[0]], ends[c[1]] = true, true
+	}
 	if len(ends) == 0 || t == nil {
 		return out
 	}
 	for _, n := range Speakers(t) {
-		for _, nb := range t.Nodes[n].BGP.Neighbors {
-			for _, ep := range t.SessionEnds(n, nb) {
+		for _, nb := range Of(t.Nodes[n]).Neighbors {
+			for _, ep := range SessionEnds(t, n, nb) {
 				if ends[ep.String()] {
 					out[n] = append(out[n], nb.Address)
 					break
@@ -113,16 +116,16 @@ func CutSessions(t *topology.Topology, cut [][2]string) map[string][]string {
 func Speakers(t *topology.Topology) []string {
 	var out []string
 	for _, n := range t.NodeNames() {
-		if t.Nodes[n].BGP != nil {
+		if Of(t.Nodes[n]) != nil {
 			out = append(out, n)
 		}
 	}
 	return out
 }
 
-// BGP asks the speakers of a lab (all of them when nodes is empty) for
+// Status asks the speakers of a lab (all of them when nodes is empty) for
 // their state, in parallel.
-func (e *Engine) BGP(ctx context.Context, lab string, nodes []string) ([]*Speaker, error) {
+func Status(ctx context.Context, lab string, nodes []string) ([]*Speaker, error) {
 	rec, err := state.Load(lab)
 	if err != nil {
 		return nil, err
@@ -143,20 +146,24 @@ func (e *Engine) BGP(ctx context.Context, lab string, nodes []string) ([]*Speake
 		if node == nil {
 			return nil, fmt.Errorf("lab %s has no node %q", lab, n)
 		}
-		if node.BGP == nil {
+		if Of(node) == nil {
 			return nil, fmt.Errorf("node %s has no bgp block (speakers: %v)", n, Speakers(t))
 		}
-		out[i] = &Speaker{Node: n, ASN: node.BGP.ASN, RouterID: node.BGP.RouterID}
+		out[i] = &Speaker{Node: n, ASN: Of(node).ASN, RouterID: Of(node).RouterID}
 	}
 	cut := CutSessions(t, rec.Cut)
 	for _, s := range out {
 		s.Cut = cut[s.Node]
 	}
-	e.each(ctx, len(out), func(i int) error {
-		s := out[i]
-		s.Error = speakerState(ctx, topology.Namespace(lab, s.Node), t.Nodes[s.Node].BGP.API, s)
-		return nil
-	})
+	var wg sync.WaitGroup
+	for _, s := range out {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Error = speakerState(ctx, topology.Namespace(lab, s.Node), Of(t.Nodes[s.Node]).API, s)
+		}()
+	}
+	wg.Wait()
 	return out, nil
 }
 
@@ -165,7 +172,7 @@ func (e *Engine) BGP(ctx context.Context, lab string, nodes []string) ([]*Speake
 func speakerState(ctx context.Context, ns, api string, s *Speaker) string {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := bgp.Dial(ctx, api)
+	c, err := Dial(ctx, api)
 	if err != nil {
 		return err.Error()
 	}
@@ -176,23 +183,23 @@ func speakerState(ctx context.Context, ns, api string, s *Speaker) string {
 	if s.RIB, err = c.RIB(ctx); err != nil {
 		return err.Error()
 	}
-	if s.FIB, err = bgp.FIB(ns); err != nil {
+	if s.FIB, err = FIB(ns); err != nil {
 		return err.Error()
 	}
 	return ""
 }
 
-// WaitBGP polls the lab's speakers every 20 ms until every session is
+// Wait polls the lab's speakers every 20 ms until every session is
 // established, every learned best path is in the kernel, and the next poll
 // finds the same; it returns that state and when it was first seen.
-func (e *Engine) WaitBGP(ctx context.Context, lab string, timeout time.Duration) ([]*Speaker, time.Duration, error) {
+func Wait(ctx context.Context, lab string, timeout time.Duration) ([]*Speaker, time.Duration, error) {
 	start := time.Now()
 	deadline := start.Add(timeout)
 	var last string
 	var since time.Duration
 	for {
 		at := time.Since(start)
-		sp, err := e.BGP(ctx, lab, nil)
+		sp, err := Status(ctx, lab, nil)
 		if err != nil {
 			return nil, at, err
 		}

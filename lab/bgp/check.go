@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -20,15 +21,6 @@ func (c *checker) add(p topology.Path, format string, args ...any) { c.k.Add(p, 
 
 func (c *checker) addAtKey(p topology.Path, format string, args ...any) {
 	c.k.AddAtKey(p, format, args...)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // bgp checks the bgp and cgnat blocks. It runs before the lab is expanded
@@ -324,7 +316,7 @@ func ifaceHolding(n *topology.Node, a netip.Addr) (string, bool) {
 	if !a.IsValid() {
 		return "", false
 	}
-	for _, ifn := range sortedKeys(n.Interfaces) {
+	for _, ifn := range slices.Sorted(maps.Keys(n.Interfaces)) {
 		if ifc := n.Interfaces[ifn]; ifc != nil && topology.HasAddr(ifc.Addresses, a) {
 			return ifn, true
 		}
@@ -387,7 +379,7 @@ func localAddr(n *topology.Node, peer netip.Addr) netip.Addr {
 
 // addrOnSubnet is n's address (on dev, when given) in a subnet holding a.
 func addrOnSubnet(n *topology.Node, dev string, a netip.Addr) (netip.Addr, bool) {
-	for _, ifn := range sortedKeys(n.Interfaces) {
+	for _, ifn := range slices.Sorted(maps.Keys(n.Interfaces)) {
 		ifc := n.Interfaces[ifn]
 		if ifc == nil || dev != "" && ifn != dev {
 			continue

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"labctl/lab/component"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/topology"
 )
 
@@ -263,22 +263,5 @@ func TestMain(m *testing.M) {
 // The bgp and cgnat blocks' malformed files fail with exactly the problems
 // recorded beside them.
 func TestBadBlocks(t *testing.T) {
-	files, err := filepath.Glob("testdata/bad/*.yaml")
-	if err != nil || len(files) < 30 {
-		t.Fatalf("corpus: %d files, %v", len(files), err)
-	}
-	for _, file := range files {
-		_, err := topology.Load(file)
-		if err == nil {
-			t.Errorf("%s loaded without error", file)
-			continue
-		}
-		want, rerr := os.ReadFile(strings.TrimSuffix(file, ".yaml") + ".err")
-		if rerr != nil {
-			t.Fatal(rerr)
-		}
-		if got := err.Error() + "\n"; got != string(want) {
-			t.Errorf("%s:\n got %s\nwant %s", file, got, want)
-		}
-	}
+	labtest.BadFiles(t, "testdata/bad/*.yaml", 30, func(f string) error { _, err := topology.Load(f); return err })
 }

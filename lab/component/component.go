@@ -26,10 +26,19 @@ type Part interface {
 }
 
 var (
-	mu    sync.RWMutex
-	parts []Part
-	index = map[string]Part{}
+	mu      sync.RWMutex
+	parts   []Part
+	index   = map[string]Part{}
+	version int // changes with every Register and Unregister
 )
+
+// Version changes whenever the registry does, so that a layer may cache
+// what it derives from the parts (the topology's kinds and blocks).
+func Version() int {
+	mu.RLock()
+	defer mu.RUnlock()
+	return version
+}
 
 // Register adds a part. Registering two parts under one name is a
 // programming error and panics, as http.Handle does.
@@ -41,6 +50,7 @@ func Register(p Part) {
 	}
 	index[p.Name()] = p
 	parts = append(parts, p)
+	version++
 }
 
 // All returns the registered parts in registration order.
@@ -91,6 +101,7 @@ func Unregister(name string) {
 		return
 	}
 	delete(index, name)
+	version++
 	for i, p := range parts {
 		if p.Name() == name {
 			parts = append(parts[:i], parts[i+1:]...)

@@ -5,51 +5,41 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strconv"
 	"strings"
 
-	"labctl/lab/netns"
+	"labctl/lab/runner"
 	"labctl/lab/topology"
 )
 
+// cmder runs the part's commands (a fake in unit tests).
+var cmder runner.Cmder = runner.Default
+
 // nft runs the nft program inside a namespace ("" for the current one),
-// feeding it stdin.
-var nft = func(ctx context.Context, ns string, stdin []byte, args ...string) ([]byte, error) {
-	var out []byte
-	run := func() error {
-		cmd := exec.CommandContext(ctx, "nft", args...)
-		if stdin != nil {
-			cmd.Stdin = bytes.NewReader(stdin)
-		}
-		var err error
-		out, err = cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
-		}
-		return nil
+// feeding it stdin; its output comes back with the error too.
+func nft(ctx context.Context, ns string, stdin []byte, args ...string) ([]byte, error) {
+	c := cmder
+	if ns != "" {
+		c = runner.Netns(cmder, ns)
 	}
-	if ns == "" {
-		return out, run()
+	cmd := c.Command(ctx, "nft", args...)
+	if stdin != nil {
+		cmd.SetStdin(bytes.NewReader(stdin))
 	}
-	return out, netns.Do(ns, run)
+	return cmd.CombinedOutput()
 }
 
 // load replaces the lab's table with script in one transaction.
 func load(ctx context.Context, ns, script string) error {
-	if _, err := nft(ctx, ns, []byte(script), "-f", "-"); err != nil {
-		return fmt.Errorf("%s: %w", ns, err)
-	}
-	return nil
+	_, err := nft(ctx, ns, []byte(script), "-f", "-")
+	return err
 }
 
 // remove deletes the lab's table (nothing when it is gone already).
 func remove(ctx context.Context, ns string) error {
 	script := fmt.Sprintf("table inet %s\ndelete table inet %s\n", Table, Table)
-	if _, err := nft(ctx, ns, []byte(script), "-f", "-"); err != nil {
-		return fmt.Errorf("%s: %w", ns, err)
-	}
-	return nil
+	_, err := nft(ctx, ns, []byte(script), "-f", "-")
+	return err
 }
 
 // table is the lab's table as `nft -j list ruleset` shows it.
@@ -59,7 +49,7 @@ type table struct{ Rules []RuleInfo }
 func list(ctx context.Context, ns string) (*table, error) {
 	out, err := nft(ctx, ns, nil, "-j", "list", "ruleset")
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", ns, err)
+		return nil, err
 	}
 	return parse(out)
 }
@@ -73,7 +63,7 @@ func tableComment(ctx context.Context, ns string) (comment string, ok bool, err 
 		if bytes.Contains(out, []byte("No such file or directory")) {
 			return "", false, nil
 		}
-		return "", false, fmt.Errorf("%s: %w", ns, err)
+		return "", false, err
 	}
 	for _, l := range strings.Split(string(out), "\n") {
 		if c, found := strings.CutPrefix(strings.TrimSpace(l), "comment "); found {

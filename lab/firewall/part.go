@@ -227,15 +227,10 @@ func (Part) Apply(ctx context.Context, lab string, s plan.Step) error {
 	return fmt.Errorf("firewall: unknown op %q", s.Op)
 }
 
-// payloadOf is the step's payload, also when it was read back from JSON.
+// payloadOf is the step's payload (a plan the engine computed).
 func payloadOf(s plan.Step) (*Payload, error) {
-	switch v := s.Payload.(type) {
-	case *Payload:
-		return v, nil
-	case map[string]any:
-		script, _ := v["script"].(string)
-		hash, _ := v["hash"].(string)
-		return &Payload{Script: script, Hash: hash}, nil
+	if pl, ok := s.Payload.(*Payload); ok {
+		return pl, nil
 	}
 	return nil, fmt.Errorf("%s: the step carries no firewall rule set", s)
 }

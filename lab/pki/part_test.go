@@ -1,12 +1,11 @@
 package pki
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"labctl/lab/component"
+	"labctl/lab/internal/labtest"
 	"labctl/lab/topology"
 )
 
@@ -22,24 +21,7 @@ func registered(t *testing.T) {
 // beside them (the corpus of lab/topology/testdata/bad, for this part).
 func TestBadBlocks(t *testing.T) {
 	registered(t)
-	files, err := filepath.Glob("testdata/bad/*.yaml")
-	if err != nil || len(files) < 3 {
-		t.Fatalf("corpus: %v %v", files, err)
-	}
-	for _, file := range files {
-		_, err := topology.Load(file)
-		if err == nil {
-			t.Errorf("%s loaded without error", file)
-			continue
-		}
-		want, rerr := os.ReadFile(strings.TrimSuffix(file, ".yaml") + ".err")
-		if rerr != nil {
-			t.Fatal(rerr)
-		}
-		if got := err.Error() + "\n"; got != string(want) {
-			t.Errorf("%s:\n got %s\nwant %s", file, got, want)
-		}
-	}
+	labtest.BadFiles(t, "testdata/bad/*.yaml", 3, func(f string) error { _, err := topology.Load(f); return err })
 }
 
 func TestNames(t *testing.T) {

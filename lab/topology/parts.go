@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
@@ -73,27 +74,41 @@ func (n *Node) Block(key string) any { return n.Parts[key] }
 // Block returns the lab's top-level block of that key, nil if none.
 func (t *Topology) Block(key string) any { return t.Parts[key] }
 
-// registeredBlocks is every block a registered part declares, by key.
-func registeredBlocks() map[string]Block {
-	out := map[string]Block{}
-	for _, p := range component.Implementing[BlocksPart]() {
-		for _, b := range p.Blocks() {
-			out[b.Name] = b
-		}
-	}
-	return out
+// fromParts is what the topology derives from the registered parts,
+// rebuilt when the registry changes (KindOf runs for every node, often).
+var fromParts struct {
+	sync.Mutex
+	version int
+	built   bool
+	blocks  map[string]Block
+	kinds   map[string]Kind
 }
 
-// partKinds is every node kind a registered part declares, by name.
-func partKinds() map[string]Kind {
-	out := map[string]Kind{}
-	for _, p := range component.Implementing[KindsPart]() {
-		for _, k := range p.Kinds() {
-			out[k.Name] = k
+func derived() (map[string]Block, map[string]Kind) {
+	fromParts.Lock()
+	defer fromParts.Unlock()
+	if v := component.Version(); !fromParts.built || fromParts.version != v {
+		blocks, kinds := map[string]Block{}, map[string]Kind{}
+		for _, p := range component.Implementing[BlocksPart]() {
+			for _, b := range p.Blocks() {
+				blocks[b.Name] = b
+			}
 		}
+		for _, p := range component.Implementing[KindsPart]() {
+			for _, k := range p.Kinds() {
+				kinds[k.Name] = k
+			}
+		}
+		fromParts.version, fromParts.built, fromParts.blocks, fromParts.kinds = v, true, blocks, kinds
 	}
-	return out
+	return fromParts.blocks, fromParts.kinds
 }
+
+// registeredBlocks is every block a registered part declares, by key.
+func registeredBlocks() map[string]Block { b, _ := derived(); return b }
+
+// partKinds is every node kind a registered part declares, by name.
+func partKinds() map[string]Kind { _, k := derived(); return k }
 
 // Path addresses a place in the file: map keys (strings) and list indexes
 // (ints), as in Path{"nodes", "fw", "firewall", "allow", 0}.
@@ -111,9 +126,6 @@ func (k *Check) Add(p Path, format string, args ...any) { k.c.add(p, format, arg
 
 // AddAtKey records a problem with the map key p ends in.
 func (k *Check) AddAtKey(p Path, format string, args ...any) { k.c.addAtKey(p, format, args...) }
-
-// Problems is how many problems have been found so far.
-func (k *Check) Problems() int { return len(k.c.probs) }
 
 // takeBlocks removes the keys that registered parts own from a mapping
 // (the lab's top level or a node) so that the strict decoder does not call

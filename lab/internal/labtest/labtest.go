@@ -100,12 +100,7 @@ func WaitState(t testing.TB, timeout time.Duration, cond func() (bool, string), 
 // moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 }
 
 // FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
@@ -180,4 +175,29 @@ func BuildLabctl(t testing.TB, dir string) string {
 		t.Fatalf("build: %v", err)
 	}
 	return bin
+}
+
+// BadFiles runs a corpus of malformed files: each file matching glob must
+// fail to load with exactly the text of the .err file beside it (a final
+// newline added), and there must be at least min of them.
+func BadFiles(t *testing.T, glob string, min int, load func(file string) error) {
+	t.Helper()
+	files, err := filepath.Glob(glob)
+	if err != nil || len(files) < min {
+		t.Fatalf("corpus %s: %d files (want at least %d), %v", glob, len(files), min, err)
+	}
+	for _, file := range files {
+		err := load(file)
+		if err == nil {
+			t.Errorf("%s loaded without error", file)
+			continue
+		}
+		want, rerr := os.ReadFile(strings.TrimSuffix(file, filepath.Ext(file)) + ".err")
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if got := err.Error() + "\n"; got != string(want) {
+			t.Errorf("%s:\n got %s\nwant %s", file, got, want)
+		}
+	}
 }

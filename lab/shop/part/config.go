@@ -2,17 +2,13 @@ package part
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"labctl/lab/shop/app"
 	"labctl/lab/shop/store"
-	"labctl/lab/state"
 	"labctl/lab/topology"
 )
 
@@ -98,23 +94,6 @@ func durationOr(d topology.Duration, def time.Duration) time.Duration {
 	return def
 }
 
-// newConfig is a zero configuration of the type a verb reads.
-func newConfig(verb string) (Config, error) {
-	switch verb {
-	case VerbSLB:
-		return &SLBConfig{}, nil
-	case VerbEtcd:
-		return &EtcdConfig{}, nil
-	case VerbRedis:
-		return &RedisConfig{}, nil
-	case VerbPostgres:
-		return &PostgresConfig{}, nil
-	case VerbController, VerbOrder, VerbInventory, VerbCoupon:
-		return &TierConfig{}, nil
-	}
-	return nil, fmt.Errorf("no shop daemon %q", verb)
-}
-
 // ReadConfig reads a daemon's configuration file into c (a pointer to
 // the verb's type): unknown fields and another verb's file are errors.
 func ReadConfig(path, verb string, c Config) error {
@@ -122,10 +101,12 @@ func ReadConfig(path, verb string, c Config) error {
 	if err != nil {
 		return err
 	}
-	return decodeConfig(b, verb, c, path)
+	return DecodeConfig(b, verb, c, path)
 }
 
-func decodeConfig(b []byte, verb string, c Config, where string) error {
+// DecodeConfig decodes a configuration of verb (as a service's Config or
+// its file holds it) into c, refusing unknown fields and another verb's.
+func DecodeConfig(b []byte, verb string, c Config, where string) error {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	if err := d.Decode(c); err != nil {
@@ -135,32 +116,6 @@ func decodeConfig(b []byte, verb string, c Config, where string) error {
 		return fmt.Errorf("%s: a configuration of `labctl serve %s`, not of %s", where, c.verbOf(), verb)
 	}
 	return nil
-}
-
-// encode is the file's exact contents (what state.WriteJSON writes).
-func encode(c Config) []byte {
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		panic(fmt.Sprintf("shop: config of %s: %v", c.verbOf(), err)) // plain data: cannot fail
-	}
-	return b
-}
-
-// hashBytes identifies a configuration file's contents.
-func hashBytes(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:8])
-}
-
-// ConfigHash identifies a configuration as its file holds it.
-func ConfigHash(c Config) string { return hashBytes(encode(c)) }
-
-// ConfigDir holds a lab's daemon configurations.
-func ConfigDir(lab string) string { return filepath.Join(state.Dir(lab), "config") }
-
-// ConfigPath is the file of one service's configuration.
-func ConfigPath(lab, node, svc string) string {
-	return filepath.Join(ConfigDir(lab), node+"."+svc+".json")
 }
 
 // Catalog is the seed catalog as the store takes it.

@@ -6,12 +6,13 @@
 // postgres, redis, inventory, coupon, order, controller), each started as
 // `labctl serve VERB --config FILE`: the daemon's configuration is a Go
 // type of this package (SLBConfig, EtcdConfig, RedisConfig,
-// PostgresConfig, TierConfig), written as JSON under the lab's state
-// directory by a plan step before any service starts. Every default (the
+// PostgresConfig, TierConfig), carried as the service's Config, which the
+// supervisor writes to a file in the lab's state directory as it starts the
+// daemon. Every default (the
 // ports, the ready checks, the start order) is here, once.
 //
-// The CLI finds the shop's tiers through Of and the Shop's methods, never
-// by reading service commands.
+// The CLI finds the shop's tiers through DatabaseOf, SLBs, AppNodes and
+// Regions, never by reading service commands.
 package part
 
 import (

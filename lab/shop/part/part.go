@@ -1,22 +1,14 @@
 package part
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 
-	"labctl/lab/plan"
 	"labctl/lab/shop/app"
-	"labctl/lab/state"
 	"labctl/lab/topology"
 )
 
@@ -46,12 +38,6 @@ const (
 	PortInventory  = app.PortInventory
 	PortCoupon     = app.PortCoupon
 )
-
-// HashEnv is the environment variable that carries a service's
-// configuration hash: it makes the service's definition (and so its
-// plan.ServiceHash) change with its configuration file, so a changed
-// configuration restarts the daemon.
-const HashEnv = "LABCTL_CONFIG_HASH"
 
 // Daemon is one service the shop block gives a node.
 type Daemon struct {
@@ -139,12 +125,18 @@ func Daemons(t *topology.Topology) []Daemon {
 	return out
 }
 
-// Spec is the daemon's service: `labctl serve VERB --config FILE`,
-// with the file's hash in its environment.
-func (d Daemon) Spec(lab string) *topology.Service {
+// Spec is the daemon's service: `labctl serve VERB` with its typed
+// configuration, which the supervisor writes to a file and passes as
+// --config FILE (a changed configuration changes the service's hash, so up
+// restarts the daemon).
+func (d Daemon) Spec() *topology.Service {
+	b, err := json.Marshal(d.Config)
+	if err != nil {
+		panic(fmt.Sprintf("shop: config of %s: %v", d.Verb, err)) // plain data: cannot fail
+	}
 	return &topology.Service{
-		Command: []string{"labctl", "serve", d.Verb, topology.ConfigFlag, ConfigPath(lab, d.Node, d.Service)},
-		Env:     map[string]string{HashEnv: ConfigHash(d.Config)},
+		Command: []string{"labctl", "serve", d.Verb},
+		Config:  b,
 		Ready:   d.Ready,
 		After:   d.After,
 	}
@@ -160,149 +152,8 @@ func (Part) Expand(t *topology.Topology) {
 		if n.Services == nil {
 			n.Services = map[string]*topology.Service{}
 		}
-		n.Services[d.Service] = d.Spec(t.Name)
+		n.Services[d.Service] = d.Spec()
 	}
-}
-
-// Plan ops of the configuration files.
-const (
-	OpConfig    = "shop.config"
-	OpConfigDel = "shop.config.del"
-)
-
-// Steps writes each daemon's configuration file whose contents differ
-// from what is on disk, and removes the files of daemons the shop no
-// longer has on a node.
-func (Part) Steps(t *topology.Topology, obs *plan.Observed) []plan.Step {
-	byNode := map[string][]Daemon{}
-	for _, d := range Daemons(t) {
-		byNode[d.Node] = append(byNode[d.Node], d)
-	}
-	var out []plan.Step
-	for _, name := range t.NodeNames() {
-		ns := topology.Namespace(t.Name, name)
-		var have map[string]string
-		if obs != nil {
-			have = parseState(obs.Namespaces[ns].PartState("shop"))
-		}
-		want := map[string]bool{}
-		for _, d := range byNode[name] {
-			want[d.Service] = true
-			h, ok := have[d.Service]
-			if ok && h == ConfigHash(d.Config) {
-				continue
-			}
-			st := plan.Step{Phase: plan.PhaseFiles, Op: OpConfig, Node: name, NS: ns, Svc: d.Service,
-				Path: ConfigPath(t.Name, name, d.Service), Payload: d.Config,
-				Text: "+ config " + name + "/" + d.Service}
-			if ok {
-				st.Text, st.Reason = "~ config "+name+"/"+d.Service, "changed"
-			}
-			out = append(out, st)
-		}
-		for _, svc := range sortedKeys(have) {
-			if !want[svc] {
-				out = append(out, plan.Step{Phase: plan.PhaseFiles, Op: OpConfigDel, Node: name, NS: ns, Svc: svc,
-					Path: ConfigPath(t.Name, name, svc), Text: "- config " + name + "/" + svc, Reason: "removed"})
-			}
-		}
-	}
-	return out
-}
-
-// Apply writes (atomically, mode 0644) or removes a configuration file.
-func (Part) Apply(_ context.Context, lab string, s plan.Step) error {
-	if s.Path == "" || filepath.Dir(s.Path) != ConfigDir(lab) {
-		return fmt.Errorf("%s: not a file of %s", s, ConfigDir(lab))
-	}
-	switch s.Op {
-	case OpConfig:
-		c, err := payloadOf(s)
-		if err != nil {
-			return err
-		}
-		if err := os.MkdirAll(ConfigDir(lab), 0o755); err != nil {
-			return err
-		}
-		return state.WriteJSON(s.Path, c)
-	case OpConfigDel:
-		if err := os.Remove(s.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		return nil
-	}
-	return fmt.Errorf("shop: unknown op %q", s.Op)
-}
-
-// payloadOf is the step's configuration, also when the step was read
-// back from JSON.
-func payloadOf(s plan.Step) (Config, error) {
-	if c, ok := s.Payload.(Config); ok {
-		return c, nil
-	}
-	b, err := json.Marshal(s.Payload)
-	if err != nil {
-		return nil, err
-	}
-	var v struct {
-		Verb string `json:"verb"`
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return nil, fmt.Errorf("%s: the step carries no shop configuration: %w", s, err)
-	}
-	c, err := newConfig(v.Verb)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s, err)
-	}
-	return c, decodeConfig(b, v.Verb, c, s.String())
-}
-
-// Observe reads the hashes of a node's configuration files: "svc=hash"
-// pairs, sorted, comma-separated ("" when it has none).
-func (Part) Observe(_ context.Context, lab string, n *topology.Node, _ string) (string, error) {
-	files, err := filepath.Glob(filepath.Join(ConfigDir(lab), n.Name+".*.json"))
-	if err != nil {
-		return "", err
-	}
-	var out []string
-	for _, f := range files {
-		svc := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), n.Name+"."), ".json")
-		if svc == "" || strings.Contains(svc, ".") {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		out = append(out, svc+"="+hashBytes(b))
-	}
-	sort.Strings(out)
-	return strings.Join(out, ","), nil
-}
-
-func parseState(s string) map[string]string {
-	if s == "" {
-		return nil
-	}
-	out := map[string]string{}
-	for _, f := range strings.Split(s, ",") {
-		if k, v, ok := strings.Cut(f, "="); ok {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func regionNames(s *Shop) []string {

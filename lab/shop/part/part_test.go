@@ -1,8 +1,6 @@
 package part_test
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -117,7 +115,7 @@ func TestExpandServices(t *testing.T) {
 	var got []string
 	for _, name := range x.NodeNames() {
 		for svc, s := range x.Nodes[name].Services {
-			if slices.Contains(s.Command, topology.ConfigFlag) {
+			if s.Config != nil && s.Command[2] != "bgp" && s.Command[2] != "dns" { // the shop's daemons
 				got = append(got, name+"/"+svc)
 			}
 		}
@@ -126,13 +124,12 @@ func TestExpandServices(t *testing.T) {
 	if len(got) != 28 {
 		t.Errorf("%d services: %v", len(got), got)
 	}
-	cfg := shoppart.ConfigPath(x.Name, "east-db2", "postgres")
 	for _, c := range []struct {
 		node, svc, cmd, ready string
 		after                 []string
 	}{
 		{"east-db1", "postgres", "labctl serve postgres", "10.20.1.40:5432 30s", nil},
-		{"east-db2", "postgres", "labctl serve postgres --config " + cfg, "10.20.2.40:5432 1m0s", []string{"east-db1/postgres"}},
+		{"east-db2", "postgres", "labctl serve postgres", "10.20.2.40:5432 1m0s", []string{"east-db1/postgres"}},
 		{"east-etcd", "etcd", "labctl serve etcd", "2379 0s", nil},
 		{"east-cache-b", "redis", "labctl serve redis", "6379 0s", nil},
 		{"east-app2", "inventory", "labctl serve inventory", "5052 30s", []string{"east-db1/postgres", "east-etcd/etcd", "east-cache-b/redis"}},
@@ -150,53 +147,32 @@ func TestExpandServices(t *testing.T) {
 		cmd := strings.Join(s.Command, " ")
 		r, _ := s.Ready.Timeout.MarshalText()
 		ready := s.Ready.TCP + " " + string(r)
-		if !strings.HasPrefix(cmd, c.cmd) || !strings.HasSuffix(cmd, "--config "+shoppart.ConfigPath(x.Name, c.node, c.svc)) ||
-			ready != c.ready || !slices.Equal(s.After, c.after) || len(s.Env[shoppart.HashEnv]) != 16 {
-			t.Errorf("%s/%s: %q ready %q after %v env %v", c.node, c.svc, cmd, ready, s.After, s.Env)
+		if cmd != c.cmd || s.Config == nil || ready != c.ready || !slices.Equal(s.After, c.after) {
+			t.Errorf("%s/%s: %q config %s ready %q after %v", c.node, c.svc, cmd, s.Config, ready, s.After)
 		}
 	}
 }
 
-// Every configuration goes through its file and comes back as the type
-// the daemon reads, and a second plan against what is on disk is empty.
+// Every configuration goes through a file as the supervisor writes it
+// (state.WriteJSON) and comes back as the type its daemon reads.
 func TestConfigRoundTrip(t *testing.T) {
-	state.Root = t.TempDir()
 	x, err := topology.Parse([]byte(double11(t)), file) // expanded
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := shoppart.Part{}
-	steps := p.Steps(x, nil)
-	if len(steps) != 28 {
-		t.Fatalf("%d config steps", len(steps))
-	}
-	for _, s := range steps {
-		if s.Phase != plan.PhaseFiles || s.Op != shoppart.OpConfig || s.String() != "+ config "+s.Node+"/"+s.Svc {
-			t.Fatalf("step %+v", s)
-		}
-		// As a plan read back from JSON carries it.
-		b, err := json.Marshal(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var back plan.Step
-		if err := json.Unmarshal(b, &back); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Apply(context.Background(), x.Name, back); err != nil {
-			t.Fatal(err)
-		}
-		fi, err := os.Stat(s.Path)
-		if err != nil || fi.Mode().Perm() != 0o644 {
-			t.Fatalf("%s: %v %v", s.Path, fi.Mode(), err)
-		}
-		// The file's hash is the one in the service's environment.
-		if h := x.Nodes[s.Node].Services[s.Svc].Env[shoppart.HashEnv]; h != shoppart.ConfigHash(s.Payload.(shoppart.Config)) {
-			t.Errorf("%s/%s: env hash %s", s.Node, s.Svc, h)
+	dir := t.TempDir()
+	path := func(node, svc string) string { return filepath.Join(dir, node+"."+svc+".json") }
+	for _, name := range x.NodeNames() {
+		for svc, s := range x.Nodes[name].Services {
+			if s.Config != nil {
+				if err := state.WriteJSON(path(name, svc), s.Config); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	}
 	var pg shoppart.PostgresConfig
-	if err := shoppart.ReadConfig(shoppart.ConfigPath(x.Name, "east-db1", "postgres"), "postgres", &pg); err != nil {
+	if err := shoppart.ReadConfig(path("east-db1", "postgres"), "postgres", &pg); err != nil {
 		t.Fatal(err)
 	}
 	cat, err := pg.Catalog()
@@ -205,14 +181,14 @@ func TestConfigRoundTrip(t *testing.T) {
 		t.Errorf("primary %+v catalog %+v %v", pg, cat, err)
 	}
 	var slb shoppart.SLBConfig
-	if err := shoppart.ReadConfig(shoppart.ConfigPath(x.Name, "east-slb2", "haproxy"), "slb", &slb); err != nil {
+	if err := shoppart.ReadConfig(path("east-slb2", "haproxy"), "slb", &slb); err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(slb.Backends) != "[{east-app1 10.20.1.21:8080} {east-app2 10.20.2.21:8080}]" || slb.Listen != ":443" {
 		t.Errorf("slb %+v", slb)
 	}
 	var inv shoppart.TierConfig
-	if err := shoppart.ReadConfig(shoppart.ConfigPath(x.Name, "north-app2", "inventory"), "inventory", &inv); err != nil {
+	if err := shoppart.ReadConfig(path("north-app2", "inventory"), "inventory", &inv); err != nil {
 		t.Fatal(err)
 	}
 	if o := inv.Shop(); o.Region != "north" || o.Etcd != "10.20.1.30:2379" || o.DB != "10.20.1.40:5432" || o.Redis != "10.30.1.50:6379" ||
@@ -220,45 +196,9 @@ func TestConfigRoundTrip(t *testing.T) {
 		t.Errorf("inventory %+v", o)
 	}
 	// Another verb's file is refused.
-	if err := shoppart.ReadConfig(shoppart.ConfigPath(x.Name, "north-app2", "inventory"), "order", &inv); err == nil {
+	if err := shoppart.ReadConfig(path("north-app2", "inventory"), "order", &inv); err == nil {
 		t.Error("order read inventory's file")
 	}
-	// What is on disk is what is wanted: nothing to plan. A changed file
-	// is rewritten; a file of a service the shop no longer has is removed.
-	obs := observe(t, x)
-	if st := p.Steps(x, obs); len(st) != 0 {
-		t.Fatalf("re-plan: %v", st)
-	}
-	os.WriteFile(shoppart.ConfigPath(x.Name, "east-etcd", "etcd"), []byte(`{"verb":"etcd","listen":"10.9.9.9"}`), 0o644)
-	os.WriteFile(shoppart.ConfigPath(x.Name, "east-etcd", "old"), []byte(`{}`), 0o644)
-	st := p.Steps(x, observe(t, x))
-	if len(st) != 2 || st[0].String() != "~ config east-etcd/etcd (changed)" || st[1].Op != shoppart.OpConfigDel || st[1].Svc != "old" {
-		t.Fatalf("steps after edits: %v", st)
-	}
-	for _, s := range st {
-		if err := p.Apply(context.Background(), x.Name, s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if st := p.Steps(x, observe(t, x)); len(st) != 0 {
-		t.Fatalf("after applying: %v", st)
-	}
-	if _, err := os.Stat(filepath.Join(shoppart.ConfigDir(x.Name), "east-etcd.old.json")); err == nil {
-		t.Error("stale file kept")
-	}
-}
-
-func observe(t *testing.T, x *topology.Topology) *plan.Observed {
-	t.Helper()
-	obs := &plan.Observed{Namespaces: map[string]*plan.NSState{}}
-	for _, name := range x.NodeNames() {
-		v, err := shoppart.Part{}.Observe(context.Background(), x.Name, x.Nodes[name], topology.Namespace(x.Name, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		obs.Namespaces[topology.Namespace(x.Name, name)] = &plan.NSState{Parts: map[string]string{"shop": v}}
-	}
-	return obs
 }
 
 // A changed configuration changes the service (and so restarts it).

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"labctl/lab/internal/labtest"
 	"labctl/lab/serve"
 	"labctl/lab/shop/registry"
 )
@@ -75,15 +75,7 @@ func StartEtcdOn(t testing.TB, client, peer int) (*clientv3.Client, int) {
 }
 
 // FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func FreePort(t testing.TB) int { return labtest.FreePort(t) }
 
 // pidHandler is a slog handler that passes on the pid of RunChild's
 // "started" record.
